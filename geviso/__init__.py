@@ -1,0 +1,60 @@
+"""geviso: gevent ISO 8583 links, pools, a server and a mock card host.
+
+``conn.send(msg)`` looks synchronous inside any greenlet while one TCP/TLS link carries
+many interleaved requests, each matched to its response by key (STAN by default).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import codec, errors, framing, keys, masking, metrics, stan, tls
+from .connection import Connection
+from .errors import (
+    ConfigurationError,
+    ConnectFailed,
+    ConnectionClosed,
+    DecodeError,
+    DuplicateKey,
+    EncodeError,
+    FramingError,
+    GevisoError,
+    NoConnections,
+    NotConnected,
+    PoolClosed,
+    Rejected,
+    SafeError,
+    SendTimeout,
+)
+from .stan import StanGenerator
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "ConfigurationError",
+    "ConnectFailed",
+    "Connection",
+    "ConnectionClosed",
+    "DecodeError",
+    "DuplicateKey",
+    "EncodeError",
+    "FramingError",
+    "GevisoError",
+    "NoConnections",
+    "NotConnected",
+    "PoolClosed",
+    "Rejected",
+    "SafeError",
+    "SendTimeout",
+    "StanGenerator",
+    "codec",
+    "errors",
+    "framing",
+    "keys",
+    "masking",
+    "metrics",
+    "stan",
+    "tls",
+]

@@ -1,0 +1,676 @@
+"""One ISO 8583 link: a reader and a writer greenlet, many interleaved requests.
+
+``send()`` registers the request under its key (STAN by default) with one
+``gevent.event.AsyncResult``, hands the frame to the single writer greenlet (which sends
+every frame queued since its last write in one ``sendall``) and waits. The reader greenlet
+splits every complete frame out of each ``recv``, and resolves the pending request whose
+key the response carries. Each pending request is resolved exactly once: by its
+response, a timeout, a rejection, or the link closing (at once, not at the timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket as _stdlib_socket
+import ssl
+import time
+from collections.abc import Hashable, Mapping
+from typing import Any, Callable, Optional, Union
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.pool
+from gevent import socket
+
+from . import errors, keys, masking
+from .codec import Codec, Message, Spec, codec_for, is_response
+from .errors import (
+    ConnectFailed,
+    ConnectionClosed,
+    DuplicateKey,
+    GevisoError,
+    LocalProtocolError,
+    NotConnected,
+    Rejected,
+    SendTimeout,
+)
+from .framing import Framing, binary
+from .metrics import LinkStats
+from .stan import StanGenerator
+from .tls import wrap as tls_wrap
+
+log = logging.getLogger(__name__)
+
+Address = Union[str, tuple[str, int]]
+Handler = Callable[..., Any]
+
+# Link states.
+NEW, OPEN, CLOSING, CLOSED = "new", "open", "closing", "closed"
+
+#: Bytes of frames queued for the writer beyond which writers wait for it to drain.
+DEFAULT_MAX_WRITE_BUFFER = 4 * 1024 * 1024
+#: Inbound handlers (requests from the peer) running at once per link; when full, the
+#: reader waits, which pushes back on the peer through TCP.
+DEFAULT_MAX_INBOUND = 1000
+RECV_SIZE = 256 * 1024
+#: How many timed-out request keys are remembered to recognise late responses.
+LATE_KEYS_KEPT = 4096
+
+
+def parse_address(address: Address) -> tuple[str, int]:
+    """``"host:port"``, ``"[v6]:port"`` or ``(host, port)`` as a ``(host, port)`` tuple."""
+    if isinstance(address, tuple):
+        host, port = address
+        return str(host), int(port)
+    text = str(address)
+    for scheme in ("tcp://", "tls://"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise errors.ConfigurationError(f"address {address!r} is not host:port")
+    return host.strip("[]") or "127.0.0.1", int(port_text)
+
+
+class _Pending:
+    """One request waiting for its response."""
+
+    __slots__ = ("key", "result", "written", "mti", "started")
+
+    def __init__(self, key: Hashable, mti: str) -> None:
+        self.key = key
+        self.mti = mti
+        self.result: gevent.event.AsyncResult = gevent.event.AsyncResult()
+        self.written = False
+        self.started = time.monotonic()
+
+    def resolve(self, value: Any = None, exc: Optional[BaseException] = None) -> bool:
+        """Set the outcome unless one is set already; True if this call set it."""
+        if self.result.ready():
+            return False
+        if exc is not None:
+            self.result.set_exception(exc)
+        else:
+            self.result.set(value)
+        return True
+
+
+class Connection:
+    """A link to a card host (or, from :meth:`from_socket`, from a client).
+
+    Options are keyword arguments; every default is in the signature. Handlers:
+    ``on_connect(conn)`` and ``on_close(conn)`` run synchronously and may ``send`` (sign-on,
+    sign-off); ``on_established(conn)``, ``on_closed(conn)``, ``on_failed(conn, exc)``,
+    ``on_inbound(conn, doc)``, ``on_ping(conn)``, ``on_read_timeout(conn)`` and
+    ``on_error(exc)`` run in their own greenlets.
+    """
+
+    def __init__(
+        self,
+        address: Address,
+        spec: Spec,
+        *,
+        framing: Optional[Framing] = None,
+        send_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        idle_time: float = 5.0,
+        read_timeout: float = 60.0,
+        key: keys.KeyFunction = keys.default,
+        tls: Optional[ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
+        max_in_flight: Optional[int] = None,
+        stan: Optional[StanGenerator] = None,
+        codec: Optional[Codec] = None,
+        max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
+        max_inbound: int = DEFAULT_MAX_INBOUND,
+        on_connect: Optional[Handler] = None,
+        on_close: Optional[Handler] = None,
+        on_established: Optional[Handler] = None,
+        on_closed: Optional[Handler] = None,
+        on_failed: Optional[Handler] = None,
+        on_inbound: Optional[Handler] = None,
+        on_ping: Optional[Handler] = None,
+        on_read_timeout: Optional[Handler] = None,
+        on_error: Optional[Handler] = None,
+    ) -> None:
+        self.address = parse_address(address)
+        self.spec = spec
+        self.framing = framing if framing is not None else binary(2)
+        self.codec = codec if codec is not None else codec_for(spec)
+        self.send_timeout = send_timeout
+        self.connect_timeout = connect_timeout
+        self.idle_time = idle_time
+        self.read_timeout = read_timeout
+        self.key = key
+        self.tls = tls
+        self.server_hostname = server_hostname
+        self.max_in_flight = max_in_flight
+        self.stan = stan if stan is not None else StanGenerator()
+        self.max_write_buffer = max_write_buffer
+        self.on_connect = on_connect
+        self.on_close = on_close
+        self.on_established = on_established
+        self.on_closed = on_closed
+        self.on_failed = on_failed
+        self.on_inbound = on_inbound
+        self.on_ping = on_ping
+        self.on_read_timeout = on_read_timeout
+        self.on_error = on_error
+        #: Application-level status ("online" after sign-on, ...), used by pool filters.
+        self.status = ""
+        #: True once ``on_connect`` has finished: the link may carry traffic.
+        self.ready = False
+        self.stats = LinkStats()
+        self.server_side = False
+        self._state = NEW
+        self._sock: Any = None
+        self._pending: dict[Hashable, _Pending] = {}
+        self._timed_out: dict[Hashable, None] = {}
+        self._slots = gevent.lock.BoundedSemaphore(max_in_flight) if max_in_flight else None
+        self._outbox: list[tuple[bytes, Optional[_Pending]]] = []
+        self._outbox_bytes = 0
+        self._wake_writer = gevent.event.Event()
+        self._drained = gevent.event.Event()
+        self._drained.set()
+        self._idle = gevent.event.Event()
+        self._closed_event = gevent.event.Event()
+        self._closer: Any = None
+        self._close_error: Optional[BaseException] = None
+        self._failure: Optional[BaseException] = None
+        self._inbound_pool = gevent.pool.Pool(max_inbound)
+        self._greenlets: list[gevent.Greenlet] = []
+        self._ping_greenlet: Optional[gevent.Greenlet] = None
+        self._last_read = self._last_write = time.monotonic()
+        self._decoder = self.framing.decoder()
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_socket(cls, sock: Any, spec: Spec, **options: Any) -> Connection:
+        """A connection over an already connected (and, for TLS, wrapped) socket,
+        started at once: the server side of a link."""
+        try:
+            peer = sock.getpeername()
+            address: Address = (str(peer[0]), int(peer[1]))
+        except OSError:
+            address = ("0.0.0.0", 0)
+        options.pop("tls", None)
+        conn = cls(address, spec, **options)
+        conn.server_side = True
+        conn._start(sock)
+        conn.ready = True
+        return conn
+
+    def connect(self) -> Connection:
+        """Dial, handshake TLS, start the loops and run ``on_connect`` (sign-on).
+
+        Raises :class:`ConnectFailed`; the connection is then closed.
+        """
+        if self._state != NEW:
+            raise errors.GevisoError(f"connect() on a {self._state} connection; build a new one")
+        host, port = self.address
+        try:
+            with gevent.Timeout(self.connect_timeout, ConnectFailed(f"connect to {host}:{port} timed out")):
+                sock = socket.create_connection((host, port), timeout=self.connect_timeout)
+                if self.tls is not None:
+                    name = self.server_hostname or getattr(self.tls, "server_hostname", None) or host
+                    sock = tls_wrap(sock, self.tls, server_hostname=name)
+        except ConnectFailed:
+            self._state = CLOSED
+            self._closed_event.set()
+            raise
+        except (OSError, ssl.SSLError) as exc:
+            self._state = CLOSED
+            self._closed_event.set()
+            raise ConnectFailed(f"connect to {host}:{port} failed: {exc}") from exc
+        self._start(sock)
+        log.info("link %s open", self)
+        if self.on_connect is not None:
+            try:
+                self.on_connect(self)
+            except BaseException as exc:
+                self._fail(exc)
+                raise ConnectFailed(f"on_connect for {host}:{port} failed: {type(exc).__name__}: {exc}") from exc
+        if self._state != OPEN:
+            raise ConnectFailed(f"link to {host}:{port} closed during on_connect") from self._failure
+        self.ready = True
+        if self.on_established is not None:
+            self._spawn_handler(self.on_established, self)
+        return self
+
+    def _start(self, sock: Any) -> None:
+        try:
+            sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+        sock.settimeout(None)
+        self._sock = sock
+        self._state = OPEN
+        self._last_read = self._last_write = time.monotonic()
+        self._greenlets = [gevent.spawn(self._read_loop), gevent.spawn(self._write_loop)]
+        if self.on_ping is not None or self.on_read_timeout is not None:
+            self._greenlets.append(gevent.spawn(self._timer_loop))
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once the link is closed or closing (no new sends)."""
+        return self._state in (CLOSING, CLOSED)
+
+    @property
+    def state(self) -> str:
+        """``new``, ``open``, ``closing`` or ``closed``."""
+        return self._state
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._pending)
+
+    @property
+    def failure(self) -> Optional[BaseException]:
+        """Why the link failed, or None (never opened, open, or closed by us)."""
+        return self._failure
+
+    def wait_closed(self, timeout: Optional[float] = None) -> bool:
+        """Block until the link is closed; False if ``timeout`` passed first."""
+        return bool(self._closed_event.wait(timeout))
+
+    def __repr__(self) -> str:
+        host, port = self.address
+        side = "server" if self.server_side else "client"
+        return f"<geviso.Connection {side} {host}:{port} {self._state} in_flight={len(self._pending)}>"
+
+    def __enter__(self) -> Connection:
+        if self._state == NEW:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- sending ----------------------------------------------------------------------
+    def _check_sendable(self) -> None:
+        state = self._state
+        if state == OPEN:
+            return
+        if state == NEW:
+            raise NotConnected("send() before connect()")
+        if state == CLOSING and gevent.getcurrent() is self._closer:
+            return  # on_close may still sign off
+        raise ConnectionClosed(f"link is {state}") from self._failure
+
+    def _check_writable(self) -> None:
+        if self._state not in (OPEN, CLOSING):
+            self._check_sendable()
+
+    def send(self, doc: Mapping[str, str], *, timeout: Optional[float] = None) -> Message:
+        """Send a request and return its response (a new dict).
+
+        The caller's dict is not changed. Field 11 is filled from the STAN generator when
+        missing. Raises :class:`SendTimeout`, :class:`ConnectionClosed` (``.sent`` tells
+        whether the request may have reached the host), :class:`Rejected`,
+        :class:`DuplicateKey`, :class:`EncodeError` or :class:`NotConnected`.
+        """
+        self._check_sendable()
+        if timeout is None:
+            timeout = self.send_timeout
+        started = time.monotonic()
+        slots = self._slots
+        if slots is not None and not slots.acquire(timeout=timeout):
+            self.stats.timeouts += 1
+            raise SendTimeout(f"no free in-flight slot within {timeout:g}s (max_in_flight={self.max_in_flight})")
+        pending: Optional[_Pending] = None
+        mti = str(doc.get("t", "?"))
+        try:
+            self._check_sendable()
+            msg = dict(doc)
+            if "11" not in msg:
+                msg["11"] = self._next_stan(msg)
+            req_key = self._key_of(msg)
+            if req_key in self._pending:
+                raise DuplicateKey(f"a request with key {masking.mask_text(str(req_key))} is already in flight")
+            frame = self._frame(msg)
+            pending = _Pending(req_key, mti)
+            self._pending[req_key] = pending
+            self._enqueue(frame, pending)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("send %s on %s", masking.describe(msg), self)
+            remaining = max(0.0, timeout - (time.monotonic() - started))
+            try:
+                response: Message = pending.result.get(timeout=remaining)
+            except gevent.Timeout:
+                if not pending.resolve(exc=SendTimeout(f"no response within {timeout:g}s")):
+                    response = pending.result.get()  # resolved in the same instant: honour it
+                else:
+                    self.stats.timeouts += 1
+                    self._remember_timeout(req_key)
+                    raise pending.result.exception from None
+            self.stats.record(mti, "ok", time.monotonic() - started)
+            return response
+        except GevisoError as exc:
+            if pending is not None:
+                self.stats.record(mti, type(exc).__name__, time.monotonic() - started)
+            raise
+        finally:
+            if pending is not None:
+                self._forget(pending)
+            if slots is not None:
+                slots.release()
+
+    def _next_stan(self, msg: Mapping[str, str]) -> str:
+        """The next STAN whose key is not in flight."""
+        for _ in range(1000):
+            stan = self.stan.next()
+            try:
+                candidate = self.key({**msg, "11": stan})
+            except (KeyError, TypeError):
+                return stan
+            if candidate not in self._pending:
+                return stan
+        raise LocalProtocolError("no free STAN: too many requests in flight")
+
+    def _remember_timeout(self, req_key: Hashable) -> None:
+        """Keep the keys of recent timeouts, so a late response is counted as late."""
+        timed_out = self._timed_out
+        timed_out[req_key] = None
+        if len(timed_out) > LATE_KEYS_KEPT:
+            del timed_out[next(iter(timed_out))]
+
+    def _key_of(self, msg: Mapping[str, str]) -> Hashable:
+        try:
+            return self.key(msg)
+        except KeyError as exc:
+            field = exc.args[0] if exc.args else "?"
+            what = "STAN is missing" if field == "11" else f"field {field} is missing"
+            raise LocalProtocolError(f"cannot build the request key: {what}") from None
+
+    def _frame(self, msg: Mapping[str, str], tpdu: Optional[bytes] = None) -> bytes:
+        payload = self.codec.encode(msg)
+        try:
+            return self.framing.encode(payload, tpdu=tpdu)
+        except errors.FramingError as exc:
+            raise errors.EncodeError(str(exc)) from exc
+
+    def _forget(self, pending: _Pending) -> None:
+        if self._pending.get(pending.key) is pending:
+            del self._pending[pending.key]
+        if not self._pending:
+            self._idle.set()
+
+    def reply(self, doc: Mapping[str, str]) -> None:
+        """Write a message with no tracking: the answer to a request from the peer.
+
+        With TPDU framing, the last received TPDU is swapped into the reply. Allowed
+        while the link is closing, so answers to requests already received still go out.
+        """
+        self._check_writable()
+        tpdu = self._decoder.last_tpdu
+        frame = self._frame(doc, Framing.swap_tpdu(tpdu) if tpdu is not None else None)
+        self.stats.replies += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("reply %s on %s", masking.describe(doc), self)
+        self._enqueue(frame, None)
+
+    def write(self, raw: bytes) -> None:
+        """Write raw bytes (already framed) through the single writer, between frames."""
+        self._check_writable()
+        self._enqueue(bytes(raw), None)
+
+    def reject(self, doc: Mapping[str, str], reason: Any = None) -> bool:
+        """Fail the pending send with ``doc``'s key with :class:`Rejected` (e.g. on a 0620
+        reject advice). False when no such request is pending."""
+        try:
+            pending = self._pending.get(self.key(doc))
+        except KeyError:
+            return False
+        if pending is None or not pending.resolve(exc=Rejected(reason)):
+            return False
+        self.stats.rejects += 1
+        return True
+
+    def _enqueue(self, frame: bytes, pending: Optional[_Pending]) -> None:
+        while self._outbox_bytes >= self.max_write_buffer and self._state != CLOSED:
+            self._drained.clear()
+            self._drained.wait(1.0)
+        if self._state == CLOSED:
+            raise ConnectionClosed("link closed") from self._failure
+        self._outbox.append((frame, pending))
+        self._outbox_bytes += len(frame)
+        self._wake_writer.set()
+
+    # -- the loops --------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        sock = self._sock
+        wake = self._wake_writer
+        try:
+            while True:
+                wake.wait()
+                wake.clear()
+                batch = self._outbox
+                if not batch:
+                    if self._state == CLOSED or (self._state == CLOSING and self._closer is None):
+                        return
+                    continue
+                self._outbox = []
+                self._outbox_bytes = 0
+                self._drained.set()
+                if len(batch) == 1:
+                    data = batch[0][0]
+                else:
+                    data = b"".join([frame for frame, _ in batch])
+                for _, pending in batch:
+                    if pending is not None:
+                        pending.written = True
+                sock.sendall(data)
+                self._last_write = time.monotonic()
+                self.stats.sent += len(batch)
+        except (OSError, ssl.SSLError) as exc:
+            self._fail(exc)
+        except gevent.GreenletExit:
+            pass
+
+    def _read_loop(self) -> None:
+        sock = self._sock
+        decoder = self._decoder
+        try:
+            while True:
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    self._peer_closed()
+                    return
+                self._last_read = time.monotonic()
+                for payload in decoder.feed(data):
+                    self._handle_frame(payload)
+                self.stats.keepalives = decoder.keepalives
+        except errors.FramingError as exc:
+            self._report(exc)
+            self._fail(exc)
+        except (OSError, ssl.SSLError) as exc:
+            self._fail(exc)
+        except gevent.GreenletExit:
+            pass
+
+    def _handle_frame(self, payload: bytes) -> None:
+        stats = self.stats
+        stats.received += 1
+        try:
+            doc = self.codec.decode(payload)
+        except errors.DecodeError as exc:
+            stats.errors += 1
+            self._report(exc)
+            return
+        mti = doc.get("t", "")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("recv %s on %s", masking.describe(doc), self)
+        if is_response(mti):
+            try:
+                resp_key: Optional[Hashable] = self.key(doc)
+            except KeyError:
+                resp_key = None
+            pending = self._pending.get(resp_key)
+            if pending is not None and pending.resolve(doc):
+                stats.matched += 1
+                return
+            stats.unmatched += 1
+            if resp_key in self._timed_out:
+                del self._timed_out[resp_key]
+                stats.late += 1
+        else:
+            stats.inbound += 1
+        if self.on_inbound is not None:
+            self._inbound_pool.spawn(self._run_handler, self.on_inbound, self, doc)
+        elif is_response(mti):
+            self._report(errors.RemoteProtocolError(f"unmatched response {masking.describe(doc)}"))
+        else:
+            self._report(errors.RemoteProtocolError(f"unhandled request {masking.describe(doc)} (no on_inbound)"))
+
+    def _timer_loop(self) -> None:
+        """Idle pings and read timeouts; neither closes the link by itself."""
+        idle_due = self._last_write + self.idle_time
+        read_due = self._last_read + self.read_timeout
+        while self._state in (OPEN, CLOSING):
+            now = time.monotonic()
+            if self.on_ping is not None:
+                idle_due = max(idle_due, self._last_write + self.idle_time)
+                if now >= idle_due:
+                    if self._ping_greenlet is None or self._ping_greenlet.dead:
+                        self._ping_greenlet = self._spawn_handler(self.on_ping, self)
+                    idle_due = now + self.idle_time
+            else:
+                idle_due = float("inf")
+            if self.on_read_timeout is not None:
+                read_due = max(read_due, self._last_read + self.read_timeout)
+                if now >= read_due:
+                    self._spawn_handler(self.on_read_timeout, self)
+                    read_due = now + self.read_timeout
+            else:
+                read_due = float("inf")
+            gevent.sleep(max(0.001, min(idle_due, read_due) - time.monotonic()))
+
+    # -- handlers and errors ----------------------------------------------------------
+    def _spawn_handler(self, handler: Handler, *args: Any) -> gevent.Greenlet:
+        return gevent.spawn(self._run_handler, handler, *args)
+
+    def _run_handler(self, handler: Handler, *args: Any) -> None:
+        try:
+            handler(*args)
+        except gevent.GreenletExit:
+            raise
+        except Exception as exc:
+            self.stats.errors += 1
+            name = getattr(handler, "__name__", "handler")
+            err = errors.GevisoError(f"{name} raised {type(exc).__name__}")
+            err.__cause__ = exc
+            if handler is self.on_error:
+                log.error("on_error handler of %s failed: %s", self, type(exc).__name__)
+            else:
+                self._report(err)
+
+    def _report(self, exc: BaseException) -> None:
+        """Hand an error no caller can receive to ``on_error``, or log it safely."""
+        if self.on_error is not None:
+            self._spawn_handler(self.on_error, exc)
+        else:
+            log.warning("%s: %s", self, masking.mask_text(str(exc)))
+
+    # -- closing ----------------------------------------------------------------------
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Close gracefully; idempotent.
+
+        Refuses new sends, runs ``on_close`` (which may still send a sign-off), waits up
+        to ``timeout`` (default ``send_timeout``) for in-flight sends, flushes the writer,
+        closes the socket, then runs ``on_closed``. An ``on_close`` error is raised after
+        the link is closed, never swallowed.
+        """
+        if self._state == NEW:
+            self._state = CLOSED
+            self._closed_event.set()
+            return
+        if self._state != OPEN:
+            if gevent.getcurrent() is not self._closer:
+                self._closed_event.wait(timeout)
+            return
+        self._state = CLOSING
+        self._closer = gevent.getcurrent()
+        log.info("closing link %s", self)
+        if timeout is None:
+            timeout = self.send_timeout
+        deadline = time.monotonic() + timeout
+        if self.on_close is not None:
+            try:
+                self.on_close(self)
+            except Exception as exc:
+                self._close_error = exc
+        self._closer = None
+        if self._pending:
+            self._idle.clear()
+            if self._pending:
+                self._idle.wait(max(0.0, deadline - time.monotonic()))
+        # Let the writer flush what is queued, then stop it.
+        self._wake_writer.set()
+        writer = self._greenlets[1] if len(self._greenlets) > 1 else None
+        if writer is not None:
+            writer.join(max(0.0, deadline - time.monotonic()))
+        self._shutdown(ConnectionClosed("link closed by us"), failed=False)
+        if self._close_error is not None:
+            raise errors.GevisoError(f"on_close raised {type(self._close_error).__name__}") from self._close_error
+
+    def fail(self, reason: Union[str, BaseException] = "failure triggered") -> None:
+        """Fail the link now (moov's ``TriggerFailure``): every pending send raises
+        :class:`ConnectionClosed` at once, ``on_failed`` and ``on_closed`` run."""
+        self._fail(reason if isinstance(reason, BaseException) else ConnectionClosed(str(reason)))
+
+    trigger_failure = fail
+
+    def _peer_closed(self) -> None:
+        if self._state == CLOSED:
+            return
+        lost_work = bool(self._pending)
+        log.info("link %s closed by peer", self)
+        exc = ConnectionClosed("link closed by peer")
+        if lost_work or self._state == NEW:
+            self._fail(exc)
+        else:
+            self._shutdown(exc, failed=False)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._state == CLOSED:
+            return
+        if self._failure is None:
+            self._failure = exc
+        log.info("link %s failed: %s", self, masking.mask_text(str(exc)) or type(exc).__name__)
+        self._shutdown(exc, failed=True)
+
+    def _shutdown(self, exc: BaseException, *, failed: bool) -> None:
+        """Close the socket, fail whatever is pending, stop the loops, run handlers."""
+        if self._state == CLOSED:
+            return
+        self._state = CLOSED
+        self.ready = False
+        if isinstance(exc, ConnectionClosed):
+            closed_exc = exc
+        else:
+            closed_exc = ConnectionClosed(f"link failed: {type(exc).__name__}")
+        for pending in list(self._pending.values()):
+            err = ConnectionClosed(str(closed_exc), sent=pending.written)
+            err.__cause__ = exc
+            pending.resolve(exc=err)
+        self._idle.set()
+        self._drained.set()
+        self._wake_writer.set()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        current = gevent.getcurrent()
+        for g in self._greenlets:
+            if g is not current and not g.dead:
+                g.kill(block=False)
+        self._closed_event.set()
+        if failed and self.on_failed is not None:
+            self._spawn_handler(self.on_failed, self, exc)
+        if self.on_closed is not None:
+            self._spawn_handler(self.on_closed, self)

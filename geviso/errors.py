@@ -1,0 +1,129 @@
+"""Every exception geviso raises derives from :class:`GevisoError`.
+
+Texts never carry message data: an error that wraps a codec failure shows a safe
+summary (field and position) and keeps the original reachable as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GevisoError(Exception):
+    """Base class of every geviso error."""
+
+
+class ConfigurationError(GevisoError, ValueError):
+    """An option, spec, framing or rules file is not usable."""
+
+
+class ConnectionError(GevisoError):  # noqa: A001 - deliberately mirrors the builtin
+    """A link could not be used (base of the link-level errors)."""
+
+
+class ConnectFailed(ConnectionError):
+    """Dialling, the TLS handshake or ``on_connect`` failed."""
+
+
+class NotConnected(ConnectionError):
+    """The connection was used before :meth:`Connection.connect`."""
+
+
+class ConnectionClosed(ConnectionError):
+    """The link is closed or closing; a pending request will get no answer on it.
+
+    ``sent`` is True when the request had been handed to the socket, so it may have
+    reached the host: never resend such a request blindly (send a reversal instead).
+    """
+
+    def __init__(self, message: str = "link closed", *, sent: bool = False) -> None:
+        self.sent = sent
+        super().__init__(message)
+
+
+class SendTimeout(GevisoError, TimeoutError):
+    """No response arrived within the send timeout."""
+
+
+class DuplicateKey(GevisoError):
+    """A request with the same key is already in flight on this connection."""
+
+
+class Rejected(GevisoError):
+    """The pending request was rejected (for example by a 0620 reject advice)."""
+
+    def __init__(self, reason: Any = None) -> None:
+        self.reason = reason
+        super().__init__(f"request rejected: {reason}" if reason is not None else "request rejected")
+
+
+class ProtocolError(GevisoError):
+    """Bytes on the link do not follow the protocol (framing or message format)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to send something that cannot be sent (bad message, bad key)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something we cannot read."""
+
+
+class FramingError(ProtocolError):
+    """A length header is garbage or over the maximum frame length; the link is failed."""
+
+
+class SafeError(GevisoError):
+    """An error whose text holds no message data; the cause stays in ``__cause__``."""
+
+
+class EncodeError(SafeError, LocalProtocolError):
+    """A message could not be encoded; only that caller fails, the link stays up."""
+
+
+class DecodeError(SafeError, RemoteProtocolError):
+    """An incoming frame could not be decoded; reading goes on."""
+
+
+class PoolError(GevisoError):
+    """Base of the pool errors."""
+
+
+class PoolClosed(PoolError):
+    """The pool is closed."""
+
+
+class NoConnections(PoolError):
+    """The pool has no usable connection right now."""
+
+
+class ConnectErrors(PoolError):
+    """Fewer than ``min_connections`` links came up; ``errors`` holds each failure."""
+
+    def __init__(self, message: str, errors: list[BaseException]) -> None:
+        self.errors = errors
+        super().__init__(f"{message}: " + "; ".join(type(e).__name__ + ": " + str(e) for e in errors))
+
+
+__all__ = [
+    "ConfigurationError",
+    "ConnectErrors",
+    "ConnectFailed",
+    "ConnectionClosed",
+    "ConnectionError",
+    "DecodeError",
+    "DuplicateKey",
+    "EncodeError",
+    "FramingError",
+    "GevisoError",
+    "LocalProtocolError",
+    "NoConnections",
+    "NotConnected",
+    "PoolClosed",
+    "PoolError",
+    "ProtocolError",
+    "Rejected",
+    "RemoteProtocolError",
+    "SafeError",
+    "SendTimeout",
+]

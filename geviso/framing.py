@@ -1,0 +1,306 @@
+"""Length-prefix framing, with no sockets: bytes in, frames out.
+
+A :class:`Framing` describes how a link delimits messages (a length header, maybe a
+TPDU) and is immutable, so one object serves any number of links. Each link asks it for
+a :class:`FrameDecoder`, an incremental decoder that takes chunks of any size (one byte,
+or many frames at once) and returns every complete frame in them.
+
+Write your own framing by subclassing :class:`Framing` and implementing
+:meth:`~Framing.pack_length` and :meth:`~Framing.unpack_length`.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable, Optional
+
+from .errors import ConfigurationError, FramingError
+
+#: Default largest frame accepted or sent (64 KiB): a bigger header fails the link.
+DEFAULT_MAX_LENGTH = 65536
+TPDU_SIZE = 5
+
+
+class Framing:
+    """A length header of ``header_size`` bytes before every payload.
+
+    ``max_length`` bounds the payload (a larger header is a :class:`FramingError`, never
+    an allocation). ``include_header`` is for hosts whose length counts the header
+    bytes too. ``tpdu`` is the 5-byte TPDU put after the length on frames we originate;
+    with it set, every incoming frame starts with a TPDU, which the decoder strips and
+    remembers, and :meth:`swap_tpdu` turns it round for a reply.
+    """
+
+    name = "custom"
+    #: Largest length the header itself can express.
+    header_limit = 2**31
+
+    def __init__(
+        self,
+        header_size: int,
+        *,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        include_header: bool = False,
+        tpdu: Optional[bytes] = None,
+    ) -> None:
+        if header_size < 1:
+            raise ConfigurationError("header_size must be at least 1")
+        if max_length < 1:
+            raise ConfigurationError("max_length must be at least 1")
+        if tpdu is not None and len(tpdu) != TPDU_SIZE:
+            raise ConfigurationError(f"a TPDU is {TPDU_SIZE} bytes, got {len(tpdu)}")
+        self.header_size = header_size
+        self.include_header = include_header
+        self.tpdu = bytes(tpdu) if tpdu is not None else None
+        self.max_length = min(max_length, self.header_limit - (header_size if include_header else 0))
+
+    # -- the two methods a custom framing implements -------------------------------
+    def pack_length(self, length: int) -> bytes:
+        """The header bytes for a body of ``length`` bytes (already range-checked)."""
+        raise NotImplementedError
+
+    def unpack_length(self, header: bytes) -> int:
+        """The length in a header; raise :class:`FramingError` if it is garbage.
+
+        Return -1 for a session-control frame that carries no message (see vmlh).
+        """
+        raise NotImplementedError
+
+    # -- shared machinery ----------------------------------------------------------
+    def encode(self, payload: bytes, *, tpdu: Optional[bytes] = None) -> bytes:
+        """One frame: header, TPDU (ours unless one is given), payload."""
+        if self.tpdu is not None:
+            payload = (tpdu if tpdu is not None else self.tpdu) + payload
+        length = len(payload)
+        if length > self.max_length:
+            raise FramingError(f"frame of {length} bytes is over the maximum of {self.max_length}")
+        wire = length + self.header_size if self.include_header else length
+        return self.pack_length(wire) + payload
+
+    def keepalive(self) -> bytes:
+        """A zero-length frame, the usual link keep-alive."""
+        return self.pack_length(self.header_size if self.include_header else 0)
+
+    @staticmethod
+    def swap_tpdu(tpdu: bytes) -> bytes:
+        """The TPDU of a reply: destination and source addresses exchanged."""
+        return tpdu[:1] + tpdu[3:5] + tpdu[1:3]
+
+    def decoder(self) -> FrameDecoder:
+        """A new incremental decoder for one link."""
+        return FrameDecoder(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} max_length={self.max_length}>"
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame payloads; holds only the incomplete tail.
+
+    Zero-length and session-control frames are counted in :attr:`keepalives` and never
+    returned, so they cannot reach the codec.
+    """
+
+    __slots__ = ("_framing", "_buffer", "keepalives", "last_tpdu")
+
+    def __init__(self, framing: Framing) -> None:
+        self._framing = framing
+        self._buffer = bytearray()
+        self.keepalives = 0
+        self.last_tpdu: Optional[bytes] = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that do not yet make a complete frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data`` and return the payloads of every frame now complete.
+
+        Raises :class:`FramingError` on a garbage or oversized header; the stream
+        cannot be resynchronised after that, so the link must be failed.
+        """
+        framing = self._framing
+        buf = self._buffer
+        buf += data
+        size = len(buf)
+        hsize = framing.header_size
+        unpack = framing.unpack_length
+        max_length = framing.max_length
+        adjust = hsize if framing.include_header else 0
+        tpdu = framing.tpdu is not None
+        frames: list[bytes] = []
+        pos = 0
+        while size - pos >= hsize:
+            length = unpack(bytes(buf[pos : pos + hsize]))
+            control = length < 0
+            if control:
+                length = 0
+            elif adjust:
+                length -= adjust
+                if length < 0:
+                    raise FramingError("length header smaller than the header itself")
+            if length > max_length:
+                raise FramingError(f"length header says {length} bytes, over the maximum of {max_length}")
+            end = pos + hsize + length
+            if end > size:
+                break
+            if length == 0:
+                self.keepalives += 1
+            elif tpdu:
+                if length < TPDU_SIZE:
+                    raise FramingError("frame shorter than its TPDU")
+                self.last_tpdu = bytes(buf[pos + hsize : pos + hsize + TPDU_SIZE])
+                frames.append(bytes(buf[pos + hsize + TPDU_SIZE : end]))
+            else:
+                frames.append(bytes(buf[pos + hsize : end]))
+            pos = end
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+class BinaryFraming(Framing):
+    """Big-endian unsigned length of 2 or 4 bytes (jPOS NACChannel, RawChannel)."""
+
+    _formats = {2: ">H", 4: ">I"}
+
+    def __init__(self, size: int = 2, **options: object) -> None:
+        if size not in self._formats:
+            raise ConfigurationError("binary framing takes a 2- or 4-byte length")
+        self._struct = struct.Struct(self._formats[size])
+        self.header_limit = 2 ** (8 * size) - 1
+        self.name = f"binary{size}"
+        super().__init__(size, **options)  # type: ignore[arg-type]
+
+    def pack_length(self, length: int) -> bytes:
+        return self._struct.pack(length)
+
+    def unpack_length(self, header: bytes) -> int:
+        return int(self._struct.unpack(header)[0])
+
+
+class AsciiFraming(Framing):
+    """``digits`` ASCII decimal digits, e.g. ``b"0115"`` (jPOS ASCIIChannel)."""
+
+    def __init__(self, digits: int = 4, **options: object) -> None:
+        self.header_limit = 10**digits - 1
+        self.name = f"ascii{digits}"
+        super().__init__(digits, **options)  # type: ignore[arg-type]
+
+    def pack_length(self, length: int) -> bytes:
+        return b"%0*d" % (self.header_size, length)
+
+    def unpack_length(self, header: bytes) -> int:
+        if not header.isdigit():
+            raise FramingError("length header is not decimal digits")
+        return int(header)
+
+
+class HexFraming(Framing):
+    """``digits`` ASCII hexadecimal characters (jPOS HEXChannel)."""
+
+    def __init__(self, digits: int = 4, **options: object) -> None:
+        self.header_limit = 16**digits - 1
+        self.name = f"hex{digits}"
+        super().__init__(digits, **options)  # type: ignore[arg-type]
+
+    def pack_length(self, length: int) -> bytes:
+        return b"%0*X" % (self.header_size, length)
+
+    def unpack_length(self, header: bytes) -> int:
+        try:
+            return int(header.decode("ascii"), 16)
+        except (UnicodeDecodeError, ValueError):
+            raise FramingError("length header is not hexadecimal") from None
+
+
+class BcdFraming(Framing):
+    """Decimal digits packed two to a byte: 115 is ``01 15`` (jPOS BCDChannel)."""
+
+    def __init__(self, size: int = 2, **options: object) -> None:
+        self.header_limit = 10 ** (2 * size) - 1
+        self.name = f"bcd{size}"
+        super().__init__(size, **options)  # type: ignore[arg-type]
+
+    def pack_length(self, length: int) -> bytes:
+        return bytes.fromhex("%0*d" % (2 * self.header_size, length))
+
+    def unpack_length(self, header: bytes) -> int:
+        digits = header.hex()
+        if not digits.isdigit():
+            raise FramingError("length header is not BCD")
+        return int(digits)
+
+
+class VmlhFraming(Framing):
+    """Visa: 2-byte big-endian length, 2 reserved bytes, at most 2048 bytes.
+
+    A frame whose fourth header byte has high nibble 2 is session control (a
+    keep-alive); it is counted and skipped, never decoded as a message.
+    """
+
+    name = "vmlh"
+    header_limit = 2048
+
+    def __init__(self, **options: object) -> None:
+        options.setdefault("max_length", 2048)
+        super().__init__(4, **options)  # type: ignore[arg-type]
+
+    def pack_length(self, length: int) -> bytes:
+        return struct.pack(">HH", length, 0)
+
+    def unpack_length(self, header: bytes) -> int:
+        length = (header[0] << 8) | header[1]
+        if header[3] >> 4 == 2:
+            if length:
+                raise FramingError("session control frame with a body")
+            return -1
+        return length
+
+    def keepalive(self) -> bytes:
+        return b"\x00\x00\x00\x20"
+
+
+def binary(size: int = 2, **options: object) -> Framing:
+    """Binary big-endian length header of ``size`` (2 or 4) bytes; the default framing."""
+    return BinaryFraming(size, **options)
+
+
+def ascii(digits: int = 4, **options: object) -> Framing:  # noqa: A001 - the framing's name
+    """ASCII decimal length header of ``digits`` digits."""
+    return AsciiFraming(digits, **options)
+
+
+def hex(digits: int = 4, **options: object) -> Framing:  # noqa: A001 - the framing's name
+    """ASCII hexadecimal length header of ``digits`` characters."""
+    return HexFraming(digits, **options)
+
+
+def bcd(size: int = 2, **options: object) -> Framing:
+    """BCD length header of ``size`` bytes (2 bytes hold up to 9999)."""
+    return BcdFraming(size, **options)
+
+
+def vmlh(**options: object) -> Framing:
+    """Visa VMLH: 2-byte length plus 2 reserved bytes, session-control frames."""
+    return VmlhFraming(**options)
+
+
+#: Framings by the names the CLI and Locust options use.
+BY_NAME: dict[str, Callable[[], Framing]] = {
+    "binary2": lambda: binary(2),
+    "binary4": lambda: binary(4),
+    "ascii4": lambda: ascii(4),
+    "bcd2": lambda: bcd(2),
+    "hex4": lambda: hex(4),
+    "vmlh": vmlh,
+}
+
+
+def by_name(name: str) -> Framing:
+    """A framing from its name (``binary2``, ``binary4``, ``ascii4``, ``bcd2``, ``hex4``, ``vmlh``)."""
+    try:
+        return BY_NAME[name]()
+    except KeyError:
+        raise ConfigurationError(f"unknown framing {name!r}; choose from {', '.join(BY_NAME)}") from None

@@ -1,0 +1,41 @@
+"""Request keys: how a response finds the request it answers.
+
+A key function takes a message (dict) and returns a hashable key; a response must give
+the same key as its request. It raises ``KeyError`` naming the missing field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Callable
+
+KeyFunction = Callable[[Mapping[str, str]], Hashable]
+
+
+def mti_pair(mti: str) -> str:
+    """The MTI with request and response mapped together: 0100 and 0110 give ``010``,
+    0420, 0421 and 0430 give ``042``. The origin digit is dropped (0101 is a repeat of 0100)."""
+    return mti[:2] + "02468"[int(mti[2]) >> 1] if len(mti) >= 3 and mti[2].isdigit() else mti[:3]
+
+
+def default(doc: Mapping[str, str]) -> Hashable:
+    """STAN plus the paired MTI: a 0400 reusing a pending 0100's STAN does not collide."""
+    return (mti_pair(doc["t"]), doc["11"])
+
+
+def stan_only(doc: Mapping[str, str]) -> Hashable:
+    """Field 11 alone (moov's default)."""
+    return doc["11"]
+
+
+def fields(*names: str) -> KeyFunction:
+    """A key from the values of ``names``, e.g. ``fields("41", "11")`` (terminal + STAN)."""
+    if not names:
+        raise ValueError("fields() needs at least one field name")
+
+    def key(doc: Mapping[str, str]) -> Hashable:
+        return tuple(doc[name] for name in names)
+
+    key.__name__ = "fields_" + "_".join(names)
+    key.__qualname__ = key.__name__
+    return key

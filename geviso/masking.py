@@ -1,0 +1,56 @@
+"""The only path by which message content reaches logs, reprs or error texts.
+
+PCI DSS allows at most the first 6 and last 4 digits of a PAN to be shown; track data
+(fields 35, 36, 45), PIN blocks (52) and other secrets are never shown at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+#: Fields shown with only the first 6 and last 4 characters.
+PAN_FIELDS = frozenset({"2"})
+#: Fields never shown: track 1/2/3 data, PIN block, security data, ICC data, keys.
+SECRET_FIELDS = frozenset({"35", "36", "45", "52", "53", "55", "96", "110", "111"})
+
+_LONG_DIGITS = re.compile(r"\d{13,19}")
+
+
+def mask_pan(pan: str) -> str:
+    """``4111111111111111`` -> ``411111******1111``; short values are fully starred."""
+    if len(pan) < 13:
+        return "*" * len(pan)
+    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+
+
+def mask_field(field: str, value: Any) -> Any:
+    """The value of one field as it may be shown."""
+    if field in SECRET_FIELDS:
+        return "[redacted]"
+    if field in PAN_FIELDS and isinstance(value, str):
+        return mask_pan(value)
+    if isinstance(value, str):
+        return mask_text(value)
+    return value
+
+
+def mask_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a decoded message that is safe to log."""
+    return {k: mask_field(k, v) for k, v in doc.items()}
+
+
+def mask_text(text: str) -> str:
+    """Mask anything in free text that looks like a PAN (13 to 19 digits in a row)."""
+    return _LONG_DIGITS.sub(lambda m: mask_pan(m.group(0)), text)
+
+
+def describe(doc: Mapping[str, Any]) -> str:
+    """A short, safe one-line description: MTI, STAN and the masked PAN if present."""
+    parts = [f"mti={doc.get('t', '?')}"]
+    if "11" in doc:
+        parts.append(f"stan={doc['11']}")
+    if "2" in doc and isinstance(doc["2"], str):
+        parts.append(f"pan={mask_pan(doc['2'])}")
+    return " ".join(parts)

@@ -1,0 +1,116 @@
+"""Shared fixtures: a real echo host on loopback, and TLS certificates made per run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import gevent
+import gevent.server
+import pytest
+import trustme
+from iso8583.specs import default as default_spec
+
+import geviso
+
+
+def respond(doc: dict[str, str], **fields: str) -> dict[str, str]:
+    """The response to ``doc``: response MTI, same fields, code 00 unless given."""
+    response = {k: v for k, v in doc.items() if k not in ("p", "1")}
+    response["t"] = geviso.codec.response_mti(doc["t"])
+    response.setdefault("39", "00")
+    response.update(fields)
+    return response
+
+
+class EchoHost:
+    """A loopback host made of server-side Connections; answers by ``answer(conn, doc)``.
+
+    The default answer replies at once with :func:`respond`. Tests swap ``answer`` to
+    delay, reorder, drop or close.
+    """
+
+    def __init__(self, spec: Any = default_spec, ssl_context: Any = None, **options: Any) -> None:
+        self.spec = spec
+        self.options = options
+        self.answer: Callable[[geviso.Connection, dict[str, str]], None] = lambda c, d: c.reply(respond(d))
+        self.links: list[geviso.Connection] = []
+        self.received: list[dict[str, str]] = []
+        tls = {"ssl_context": ssl_context} if ssl_context is not None else {}
+        self.server = gevent.server.StreamServer(("127.0.0.1", 0), self._handle, **tls)
+        self.server.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.server.server_port)
+
+    def _inbound(self, conn: geviso.Connection, doc: dict[str, str]) -> None:
+        self.received.append(doc)
+        self.answer(conn, doc)
+
+    def _handle(self, sock: Any, address: Any) -> None:
+        options = {"on_inbound": self._inbound, **self.options}
+        conn = geviso.Connection.from_socket(sock, self.spec, **options)
+        self.links.append(conn)
+        conn.wait_closed()
+
+    def stop(self) -> None:
+        self.server.stop(timeout=1)
+        for link in self.links:
+            link.fail("host stopped")
+
+
+@pytest.fixture
+def echo_host() -> Iterator[EchoHost]:
+    host = EchoHost()
+    yield host
+    host.stop()
+
+
+@dataclass
+class Certs:
+    """Files of a CA made for this run, a server certificate for 127.0.0.1/localhost,
+    and a client certificate; plus a second, unrelated CA."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+    other_ca: str
+    authority: Optional[trustme.CA] = None
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    path: Path = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client@geviso.test")
+    other = trustme.CA()
+
+    def write(name: str, blob: Any) -> str:
+        target = path / name
+        blob.write_to_path(str(target))
+        return str(target)
+
+    return Certs(
+        ca=write("ca.pem", ca.cert_pem),
+        server_cert=write("server.pem", server.cert_chain_pems[0]),
+        server_key=write("server.key", server.private_key_pem),
+        client_cert=write("client.pem", client.cert_chain_pems[0]),
+        client_key=write("client.key", client.private_key_pem),
+        other_ca=write("other-ca.pem", other.cert_pem),
+        authority=ca,
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` cooperatively until it is true or ``timeout`` passes."""
+    with gevent.Timeout(timeout, False):
+        while not predicate():
+            gevent.sleep(0.01)
+        return True
+    return bool(predicate())
