@@ -1,0 +1,179 @@
+"""Counters, the latency histogram, totals over links, and the Prometheus export."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import gevent
+import pytest
+from conftest import respond, wait_until
+from iso8583.specs import default as spec
+
+import geviso
+from geviso.metrics import Histogram, LinkStats, Totals, snapshot
+
+prometheus_client = pytest.importorskip("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from geviso.metrics import prometheus as geviso_prometheus  # noqa: E402
+
+
+def test_histogram_counts_each_value_in_its_bucket():
+    hist = Histogram((0.01, 0.1, 1.0))
+    for value in (0.005, 0.01, 0.05, 0.5, 5.0):
+        hist.observe(value)
+    assert hist.counts == [2, 1, 1, 1]
+    assert hist.cumulative() == [(0.01, 2), (0.1, 3), (1.0, 4), (float("inf"), 5)]
+    assert hist.count == 5 and hist.sum == pytest.approx(5.565)
+    assert hist.quantile(0.5) == 0.1
+    assert hist.quantile(1.0) == float("inf")
+
+
+def test_histogram_add_and_plain_data_round_trip():
+    one, two = Histogram(), Histogram()
+    one.observe(0.002)
+    two.observe(0.2)
+    two.observe(0.3)
+    one.add(two)
+    assert one.count == 3
+    again = Histogram.from_dict(json.loads(json.dumps(one.as_dict())))
+    assert again.counts == one.counts and again.sum == pytest.approx(one.sum) and again.bounds == one.bounds
+    with pytest.raises(ValueError):
+        one.add(Histogram((1.0,)))
+
+
+def test_link_stats_add_copy_and_round_trip():
+    a, b = LinkStats(), LinkStats()
+    a.sent, a.matched, b.sent, b.timeouts = 3, 2, 4, 1
+    a.record("0200", "ok", 0.01)
+    b.record("0200", "ok", 0.02)
+    b.record("0200", "SendTimeout", 2.0)
+    total = a.copy()
+    total.add(b)
+    assert (total.sent, total.matched, total.timeouts, total.requests) == (7, 2, 1, 3)
+    assert total.by_outcome == {("0200", "ok"): 2, ("0200", "SendTimeout"): 1}
+    assert a.sent == 3 and a.requests == 1  # the copy is independent
+    again = LinkStats.from_dict(json.loads(json.dumps(total.as_dict())))
+    assert again.as_dict() == total.as_dict()
+
+
+def test_connection_counts_sends_timeouts_and_late_responses(echo_host):
+    with geviso.Connection(echo_host.address, spec, send_timeout=5) as conn:
+        for _ in range(20):
+            conn.send({"t": "0800", "70": "301"})
+        late = []
+
+        def answer_late(c, doc):
+            late.append(doc)
+            gevent.sleep(0.3)
+            c.reply(respond(doc))
+
+        echo_host.answer = answer_late
+        with pytest.raises(geviso.SendTimeout):
+            conn.send({"t": "0200", "3": "000000", "4": "000000000100"}, timeout=0.05)
+        assert wait_until(lambda: conn.stats.late == 1)
+        stats = conn.stats
+        assert stats.matched == 20
+        assert stats.timeouts == 1
+        assert stats.unmatched == 1
+        assert stats.by_outcome == {("0800", "ok"): 20, ("0200", "SendTimeout"): 1}
+        assert stats.latency.count == 21
+        assert stats.sent == 21 and stats.received == 21
+        data = snapshot(conn)
+        json.dumps(data)  # plain data
+        assert data["in_flight"] == 0
+        assert data["connections"] == {"open": 1}
+        assert data["requests"] == 21
+
+
+def test_totals_keep_the_counts_of_closed_links(echo_host):
+    totals = Totals()
+    for round_ in range(3):
+        with geviso.Connection(echo_host.address, spec, send_timeout=5) as conn:
+            totals.track(conn)
+            conn.send({"t": "0800", "70": "301"})
+            conn.send({"t": "0800", "70": "301"})
+            assert totals.links == [conn]
+            assert totals.stats().matched == 2 * (round_ + 1)
+    totals.reconnects = 2
+    total = totals.stats()
+    assert total.matched == 6
+    assert total.by_outcome == {("0800", "ok"): 6}
+    assert total.reconnects == 2
+    assert totals.links == []  # closed links are folded, not kept
+
+
+class FakePool:
+    """Stands for anything with ``connections`` (pool or server) and pool flags."""
+
+    def __init__(self, links: list[geviso.Connection]) -> None:
+        self.connections = links
+        self.is_up = True
+        self.is_degraded = False
+
+
+def _scrape(registry) -> dict[str, list]:
+    text = prometheus_client.generate_latest(registry).decode()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def test_prometheus_collector_exports_the_usual_names(echo_host):
+    registry = prometheus_client.CollectorRegistry()
+    with geviso.Connection(echo_host.address, spec, send_timeout=5) as one, geviso.Connection(
+        echo_host.address, spec, send_timeout=5
+    ) as two:
+        pool = FakePool([one, two])
+        name = geviso_prometheus.register(pool, "acquirer", registry=registry)
+        assert name == "acquirer"
+        gevent.joinall([gevent.spawn(c.send, {"t": "0800", "70": "301"}) for c in (one, two, one)])
+        echo_host.answer = lambda c, d: None  # never answer: one request stays in flight
+        stuck = gevent.spawn(two.send, {"t": "0100", "3": "000000", "4": "000000000100"}, timeout=5)
+        assert wait_until(lambda: two.in_flight == 1)
+        families = _scrape(registry)
+        stuck.kill()
+
+    requests = {(s.labels["mti"], s.labels["outcome"]): s.value for s in families["geviso_requests"]}
+    assert requests == {("0800", "ok"): 3.0}
+    duration = {s.name: s for s in families["geviso_request_duration_seconds"]}
+    assert duration["geviso_request_duration_seconds_count"].value == 3.0
+    inf = [s for s in families["geviso_request_duration_seconds"] if s.labels.get("le") == "+Inf"]
+    assert inf[0].value == 3.0
+    assert [s.value for s in families["geviso_in_flight"]] == [1.0]
+    assert {s.labels["state"]: s.value for s in families["geviso_connections"]} == {"open": 2.0}
+    assert [s.value for s in families["geviso_pool_up"]] == [1.0]
+    assert [s.value for s in families["geviso_responses_matched"] if s.name.endswith("_total")] == [3.0]
+    assert all(s.labels["name"] == "acquirer" for samples in families.values() for s in samples)
+
+
+def test_prometheus_scrape_over_http(echo_host):
+    registry = prometheus_client.CollectorRegistry()
+    with geviso.Connection(echo_host.address, spec, send_timeout=5) as conn:
+        geviso_prometheus.register(conn, registry=registry)
+        for _ in range(5):
+            conn.send({"t": "0800", "70": "301"})
+        server, thread = prometheus_client.start_http_server(0, addr="127.0.0.1", registry=registry)
+        try:
+            url = f"http://127.0.0.1:{server.server_port}/metrics"
+            body = urllib.request.urlopen(url, timeout=10).read().decode()
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert 'geviso_requests_total{mti="0800",name="connection1",outcome="ok"} 5.0' in body
+    assert 'geviso_connections{name="connection1",state="open"} 1.0' in body
+    assert "geviso_request_duration_seconds_bucket" in body
+
+
+def test_collector_drops_sources_that_are_gone(echo_host):
+    registry = prometheus_client.CollectorRegistry()
+    collector = geviso_prometheus.collector(registry)
+    conn = geviso.Connection(echo_host.address, spec)
+    geviso_prometheus.register(conn, "gone", registry=registry)
+    assert collector.names == ["gone"]
+    del conn
+    assert collector.names == []
+    assert "geviso_in_flight" in _scrape(registry)
+    conn = geviso.Connection(echo_host.address, spec)
+    geviso_prometheus.register(conn, "kept", registry=registry)
+    geviso_prometheus.unregister(conn, registry=registry)
+    assert collector.names == []
