@@ -14,7 +14,7 @@ import logging
 import socket as _stdlib_socket
 import ssl
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
 import gevent
@@ -39,6 +39,7 @@ from .framing import Framing, binary
 from .metrics import LinkStats
 from .stan import StanGenerator
 from .tls import wrap as tls_wrap
+from .tracing import RequestListener, traced_send
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ class Connection:
     ``on_connect(conn)`` and ``on_close(conn)`` run synchronously and may ``send`` (sign-on,
     sign-off); ``on_established(conn)``, ``on_closed(conn)``, ``on_failed(conn, exc)``,
     ``on_inbound(conn, doc)``, ``on_ping(conn)``, ``on_read_timeout(conn)`` and
-    ``on_error(exc)`` run in their own greenlets.
+    ``on_error(exc)`` run in their own greenlets. ``listeners`` are told when each
+    ``send()`` starts and ends (tracing, see :mod:`geviso.tracing`).
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class Connection:
         on_ping: Optional[Handler] = None,
         on_read_timeout: Optional[Handler] = None,
         on_error: Optional[Handler] = None,
+        listeners: Sequence[RequestListener] = (),
     ) -> None:
         self.address = parse_address(address)
         self.spec = spec
@@ -157,6 +160,8 @@ class Connection:
         self.on_ping = on_ping
         self.on_read_timeout = on_read_timeout
         self.on_error = on_error
+        #: Tracing listeners (:class:`geviso.tracing.RequestListener`) around every send().
+        self.listeners = tuple(listeners)
         #: Application-level status ("online" after sign-on, ...), used by pool filters.
         self.status = ""
         #: True once ``on_connect`` has finished: the link may carry traffic.
@@ -312,6 +317,11 @@ class Connection:
         whether the request may have reached the host), :class:`Rejected`,
         :class:`DuplicateKey`, :class:`EncodeError` or :class:`NotConnected`.
         """
+        if self.listeners:
+            return traced_send(self, self._send, self.listeners, doc, timeout)
+        return self._send(doc, timeout=timeout)
+
+    def _send(self, doc: Mapping[str, str], *, timeout: Optional[float] = None) -> Message:
         self._check_sendable()
         if timeout is None:
             timeout = self.send_timeout

@@ -177,3 +177,51 @@ def test_collector_drops_sources_that_are_gone(echo_host):
     geviso_prometheus.register(conn, "kept", registry=registry)
     geviso_prometheus.unregister(conn, registry=registry)
     assert collector.names == []
+
+
+class Recorder:
+    """A tracing listener that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.started: list[dict[str, str]] = []
+        self.ended: list[tuple[int, object, object]] = []
+
+    def request_start(self, conn, request):
+        self.started.append(dict(request))
+        return len(self.started)
+
+    def request_end(self, token, response, error):
+        self.ended.append((token, response, error))
+
+
+def test_tracing_listeners_see_every_send_and_its_outcome(echo_host):
+    recorder = Recorder()
+    calls = []
+    callbacks = geviso.tracing.CallbackListener(
+        on_request_end=lambda token, response, error: calls.append((token, type(error).__name__ if error else "ok"))
+    )
+    with geviso.Connection(echo_host.address, spec, send_timeout=5, listeners=[recorder, callbacks]) as conn:
+        response = conn.send({"t": "0800", "70": "301"})
+        echo_host.answer = lambda c, d: None
+        with pytest.raises(geviso.SendTimeout) as info:
+            conn.send({"t": "0100", "3": "000000", "4": "000000000100"}, timeout=0.05)
+    assert [r["t"] for r in recorder.started] == ["0800", "0100"]
+    assert recorder.ended[0] == (1, response, None)
+    assert recorder.ended[1] == (2, None, info.value)
+    assert calls == [(None, "ok"), (None, "SendTimeout")]
+
+
+def test_a_failing_listener_is_counted_and_the_send_goes_on(echo_host, caplog):
+    class Broken:
+        def request_start(self, conn, request):
+            raise RuntimeError("boom")
+
+        def request_end(self, token, response, error):
+            raise RuntimeError("boom")
+
+    with geviso.Connection(echo_host.address, spec, send_timeout=5, listeners=[Broken()]) as conn:
+        for _ in range(3):
+            assert conn.send({"t": "0800", "70": "301"})["39"] == "00"
+        assert conn.stats.errors == 6
+    warnings = [r for r in caplog.records if r.name == "geviso.tracing"]
+    assert len(warnings) == 1 and "Broken" in warnings[0].getMessage()
