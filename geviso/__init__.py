@@ -26,6 +26,8 @@ from .errors import (
     SafeError,
     SendTimeout,
 )
+from .mockhost import MockHost
+from .server import Server
 from .stan import StanGenerator
 
 __version__ = "0.1.0"
@@ -42,12 +44,14 @@ __all__ = [
     "EncodeError",
     "FramingError",
     "GevisoError",
+    "MockHost",
     "NoConnections",
     "NotConnected",
     "PoolClosed",
     "Rejected",
     "SafeError",
     "SendTimeout",
+    "Server",
     "StanGenerator",
     "codec",
     "errors",

@@ -29,6 +29,10 @@ class NotConnected(ConnectionError):
     """The connection was used before :meth:`Connection.connect`."""
 
 
+class TooManyConnections(ConnectionError):
+    """A server refused a link because ``max_connections`` links were open."""
+
+
 class ConnectionClosed(ConnectionError):
     """The link is closed or closing; a pending request will get no answer on it.
 
@@ -126,4 +130,5 @@ __all__ = [
     "RemoteProtocolError",
     "SafeError",
     "SendTimeout",
+    "TooManyConnections",
 ]

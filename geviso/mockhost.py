@@ -1,0 +1,335 @@
+"""A mock card host: a :class:`~geviso.Server` that answers like an issuer.
+
+Network management (0800 with field 70 = 001 sign-on, 002 sign-off, 301 echo) gets 0810
+with field 39 = 00 (codes configurable per field-70 value). Every other request
+(0100, 0200, 0400, 0420/0421, advices...) gets its response MTI, the usual fields
+echoed (2, 3, 4, 7, 11, 12, 13, 37, 38, 41, 42, 49, 70 when present), field 39, and a
+field 38 approval code on approved authorizations and financials. :mod:`geviso.rules`
+change that per request: another code, a delay, no answer, a closed link, a late answer.
+
+It is the target of the benchmarks, so an immediate answer is built and queued in the
+handler itself: a dict comprehension, one encode, no sleep and no extra greenlet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional, Union
+
+import gevent
+import gevent.pool
+from iso8583.specs import default as default_spec
+
+from . import rules as rules_mod
+from .codec import Spec, response_mti
+from .connection import Address, Connection
+from .errors import ConfigurationError, ConnectionClosed, GevisoError
+from .rules import CLOSE, DROP, LATE, Rule, RuleSet
+from .server import Server
+
+log = logging.getLogger(__name__)
+
+#: Fields copied from a request into its answer when the request has them.
+ECHO_FIELDS = ("2", "3", "4", "7", "11", "12", "13", "37", "38", "41", "42", "49", "70")
+#: Field 39 codes that approve (an approved 0100/0200 gets a field 38 approval code).
+APPROVAL_CODES = frozenset({"00", "08", "10", "11", "16"})
+#: Field 70 network management codes and the field 39 each gets.
+NETWORK_CODES = {"001": "00", "002": "00", "301": "00"}
+
+RulesSource = Union[None, RuleSet, Iterable[Mapping[str, Any]], str, "os.PathLike[str]"]
+
+
+def load_rules(path: Union[str, os.PathLike[str]]) -> RuleSet:
+    """Read a rules file (``.json``; ``.yaml``/``.yml`` with PyYAML) and compile it."""
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigurationError(f"rules file {name}: cannot read it: {exc.strerror or exc}") from exc
+    return rules_mod.loads(text, fmt=rules_mod.format_of(name), source=name)
+
+
+def _rule_set(source: RulesSource) -> RuleSet:
+    if source is None:
+        return RuleSet()
+    if isinstance(source, RuleSet):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return load_rules(source)
+    return rules_mod.parse(list(source))
+
+
+def summary_line(data: Mapping[str, Any]) -> str:
+    """``key=value`` pairs of :meth:`MockStats.as_dict` data, codes as ``00:9,51:1``."""
+    codes = ",".join(f"{code}:{n}" for code, n in sorted(data.get("codes", {}).items())) or "-"
+    return " ".join(f"{k}={v}" for k, v in data.items() if k != "codes") + f" codes={codes}"
+
+
+class MockStats:
+    """What a mock host did; plain counters updated as it happens, so reads are exact
+    and cost nothing (``connections`` counts the open links)."""
+
+    COUNTERS = (
+        "received",  # requests from clients
+        "responded",  # answers written (late ones included)
+        "dropped",  # requests a drop rule left unanswered
+        "closed",  # links a close rule closed
+        "late",  # late answers written
+        "lost",  # answers not written because their link had closed
+        "errors",  # answers that could not be built or encoded
+        "unmatched",  # responses from clients that answered nothing we sent
+        "echoes",  # 0800 echoes the host sent to its clients
+        "echoes_answered",
+        "echoes_failed",
+    )
+    __slots__ = (*COUNTERS, "codes", "_host")
+    received: int
+    responded: int
+    dropped: int
+    closed: int
+    late: int
+    lost: int
+    errors: int
+    unmatched: int
+    echoes: int
+    echoes_answered: int
+    echoes_failed: int
+
+    def __init__(self, host: MockHost) -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, 0)
+        #: Answers per field 39 code.
+        self.codes: dict[str, int] = {}
+        self._host = host
+
+    @property
+    def connections(self) -> int:
+        """Links open now."""
+        return len(self._host.connections)
+
+    @property
+    def accepted(self) -> int:
+        """Links accepted since the host started."""
+        return int(self._host.accepted)
+
+    @property
+    def refused(self) -> int:
+        """Sockets refused over ``max_connections``."""
+        return int(self._host.refused)
+
+    @property
+    def pending(self) -> int:
+        """Delayed answers (and closes) waiting for their time."""
+        return self._host.pending
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data: every counter, ``codes``, ``connections``, ``accepted``, ``refused``."""
+        data: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
+        data["codes"] = dict(self.codes)
+        for name in ("connections", "accepted", "refused", "pending"):
+            data[name] = getattr(self, name)
+        return data
+
+    def summary(self) -> str:
+        """One line: ``received=... responded=... codes=00:9,51:1``."""
+        return summary_line(self.as_dict())
+
+    def __repr__(self) -> str:
+        return f"<MockStats {self.summary()}>"
+
+
+class MockHost(Server):
+    """A card host answering by rules; see the module docstring.
+
+    ``rules`` is a :class:`~geviso.rules.RuleSet`, a list of rule dicts, or the path of a
+    JSON/YAML rules file (a bad one raises :class:`ConfigurationError` here, before the
+    host starts). ``response_code`` is field 39 when no rule says otherwise;
+    ``network_codes`` maps field 70 values to field 39 (unknown ones get
+    ``response_code``). With ``echo_interval`` the host sends 0800/301 to every client
+    that often, each waiting ``echo_timeout`` for the 0810. ``seed`` makes random delays
+    repeatable. Other keywords go to :class:`~geviso.Server`.
+    """
+
+    def __init__(
+        self,
+        address: Address = ("127.0.0.1", 8583),
+        spec: Optional[Spec] = None,
+        *,
+        rules: RulesSource = None,
+        response_code: str = "00",
+        network_codes: Optional[Mapping[str, str]] = None,
+        echo_fields: Iterable[str] = ECHO_FIELDS,
+        approval_codes: Iterable[str] = APPROVAL_CODES,
+        echo_interval: Optional[float] = None,
+        echo_timeout: float = 5.0,
+        seed: Optional[int] = None,
+        **server_options: Any,
+    ) -> None:
+        if "on_inbound" in server_options:
+            raise ConfigurationError("a MockHost answers by itself; give it rules, not on_inbound")
+        if echo_interval is not None and echo_interval <= 0:
+            raise ConfigurationError("echo_interval must be positive seconds")
+        self.rules = _rule_set(rules)
+        spec = spec if spec is not None else default_spec
+        super().__init__(address, spec, on_inbound=self._answer, **server_options)
+        self.response_code = response_code
+        self.network_codes = dict(NETWORK_CODES if network_codes is None else network_codes)
+        echo = set(echo_fields)
+        if spec.get("h", {}).get("max_len", 0):
+            echo.add("h")
+        self.echo_fields = frozenset(echo)
+        self.approval_codes = frozenset(approval_codes)
+        self.echo_interval = echo_interval
+        self.echo_timeout = echo_timeout
+        self.stats = MockStats(self)
+        self._rules = self.rules.rules  # a tuple: nothing to check per request when empty
+        self._random = random.Random(seed)
+        self._response_mtis: dict[str, str] = {}
+        self._approval = 0
+        self._delayed = gevent.pool.Group()  # delayed answers and closes
+        self._late = gevent.pool.Group()  # late answers (never waited for on stop)
+        self._echo_loop: Optional[gevent.Greenlet] = None
+        self._echoing: set[Connection] = set()
+
+    @property
+    def pending(self) -> int:
+        """Delayed answers, closes and late answers waiting for their time."""
+        return len(self._delayed) + len(self._late)
+
+    # -- answering ------------------------------------------------------------------------
+    def _answer(self, conn: Connection, doc: dict[str, str]) -> None:
+        """``on_inbound`` of every link: the hot path of the benchmarks."""
+        mti = doc.get("t", "")
+        if mti[2:3] in ("1", "3", "5", "7", "9"):  # a response nobody waits for
+            self.stats.unmatched += 1
+            return
+        self.stats.received += 1
+        if self._rules:
+            for rule in self._rules:
+                if rule.matches(doc):
+                    self._apply(conn, doc, rule)
+                    return
+        self._respond(conn, doc, None, None)
+
+    def _apply(self, conn: Connection, doc: dict[str, str], rule: Rule) -> None:
+        action = rule.action
+        if action == DROP:
+            self.stats.dropped += 1
+            return
+        delay = rule.delay_seconds(self._random)
+        if action == CLOSE:
+            self.stats.closed += 1
+            self._delayed.add(gevent.spawn_later(delay, self._close_link, conn))
+        elif action == LATE:
+            self._late.add(gevent.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, True))
+        elif delay > 0:
+            self._delayed.add(gevent.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields))
+        else:
+            self._respond(conn, doc, rule.code, rule.fields)
+
+    def _respond(
+        self,
+        conn: Connection,
+        doc: dict[str, str],
+        code: Optional[str],
+        extra: Optional[dict[str, str]],
+        late: bool = False,
+    ) -> None:
+        """Build the answer to ``doc`` and queue it on ``conn``."""
+        stats = self.stats
+        mti = doc.get("t", "")
+        answer_mti = self._response_mtis.get(mti)
+        if answer_mti is None:
+            try:
+                answer_mti = response_mti(mti)
+            except ValueError:
+                stats.errors += 1
+                log.warning("%s: cannot answer a message whose MTI is not four digits", self)
+                return
+            self._response_mtis[mti] = answer_mti
+        echo = self.echo_fields
+        answer = {k: v for k, v in doc.items() if k in echo}
+        answer["t"] = answer_mti
+        if code is None:
+            code = self.response_code
+            if mti[1] == "8":
+                code = self.network_codes.get(doc.get("70", ""), code)
+        answer["39"] = code
+        if mti[1] in ("1", "2") and code in self.approval_codes and "38" not in answer:
+            self._approval = self._approval % 999_999 + 1
+            answer["38"] = "%06d" % self._approval
+        if extra:
+            answer.update(extra)
+        try:
+            conn.reply(answer)
+        except ConnectionClosed:
+            stats.lost += 1
+            return
+        except GevisoError as exc:  # EncodeError: a rule set a field the spec refuses
+            stats.errors += 1
+            self._report(exc)
+            return
+        stats.responded += 1
+        codes = stats.codes
+        codes[code] = codes.get(code, 0) + 1
+        if late:
+            stats.late += 1
+
+    def _close_link(self, conn: Connection) -> None:
+        try:
+            conn.close(timeout=1.0)
+        except GevisoError as exc:
+            log.warning("closing %s: %s", conn, exc)
+
+    # -- echoes to the clients ------------------------------------------------------------
+    def start(self) -> None:
+        """Start accepting, and the echo timer when ``echo_interval`` is set."""
+        super().start()
+        if self.echo_interval is not None and self._echo_loop is None:
+            self._echo_loop = gevent.spawn(self._echo_every, self.echo_interval)
+
+    def _echo_every(self, interval: float) -> None:
+        while True:
+            gevent.sleep(interval)
+            for conn in self.connections:
+                if conn not in self._echoing:
+                    self._echoing.add(conn)
+                    gevent.spawn(self.echo, conn)
+
+    def echo(self, conn: Connection) -> bool:
+        """Send one 0800/301 to ``conn`` and wait for its 0810; True if it came."""
+        message = {"t": "0800", "70": "301"}
+        if "7" in self.spec:
+            message["7"] = time.strftime("%m%d%H%M%S", time.gmtime())
+        self.stats.echoes += 1
+        try:
+            conn.send(message, timeout=self.echo_timeout)
+        except GevisoError as exc:
+            self.stats.echoes_failed += 1
+            log.debug("echo to %s failed: %s", conn, type(exc).__name__)
+            return False
+        finally:
+            self._echoing.discard(conn)
+        self.stats.echoes_answered += 1
+        return True
+
+    # -- stopping -------------------------------------------------------------------------
+    def _before_links_close(self, deadline: float) -> None:
+        """Stop echoing, drop late answers, let delayed answers go out (until the deadline)."""
+        if self._echo_loop is not None:
+            self._echo_loop.kill(block=False)
+            self._echo_loop = None
+        self._late.kill(block=False)
+        self._delayed.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._delayed.kill(block=False)
+
+    def __repr__(self) -> str:
+        return f"<geviso.MockHost {self.address} links={len(self.connections)} rules={len(self.rules)}>"
+
+
+__all__ = ["APPROVAL_CODES", "ECHO_FIELDS", "NETWORK_CODES", "MockHost", "MockStats", "load_rules", "summary_line"]

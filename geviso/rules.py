@@ -1,0 +1,337 @@
+"""The mock host's rules: which request gets which treatment. Pure logic, no I/O.
+
+A rules document is a list of rules (or ``{"rules": [...]}``); the first rule whose
+``match`` fits a request decides what the host does with it. A rule::
+
+    {"name": "big amounts declined",          # optional, shown in errors
+     "match": {"mti": ["0100", "0200"],       # any of these MTIs
+               "pan_prefix": "4000",          # field 2 starts with (one or a list)
+               "amount_above": 100000,        # field 4 > this (minor units)
+               "amount_below": 500000,        # field 4 < this
+               "fields": {"41": "TERM0001"}}, # any field equal to a value (or one of a list)
+     "action": "respond",                     # respond (default), drop, close, late
+     "code": "51",                            # field 39 of the answer
+     "delay_ms": [50, 150],                   # fixed ms, or a random range
+     "fields": {"44": "X"}}                   # set in the answer
+
+``drop`` never answers; ``close`` closes the link (after ``delay_ms`` if given);
+``late`` answers after ``delay_ms`` (default :data:`DEFAULT_LATE_MS`, longer than a
+client's default send timeout). Rules are checked and compiled once, so matching a
+request costs a few comparisons; a bad rule is a :class:`ConfigurationError` naming
+the rule and the key.
+"""
+
+from __future__ import annotations
+
+import json
+import random as _random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Callable, Optional
+
+from .errors import ConfigurationError
+
+RESPOND, DROP, CLOSE, LATE = "respond", "drop", "close", "late"
+ACTIONS = (RESPOND, DROP, CLOSE, LATE)
+#: How late a ``late`` answer is when the rule gives no ``delay_ms``: past the 30 s
+#: default send timeout of a :class:`~geviso.Connection`.
+DEFAULT_LATE_MS = 35_000
+
+RULE_KEYS = frozenset({"name", "match", "action", "code", "delay_ms", "fields"})
+MATCH_KEYS = frozenset({"mti", "pan_prefix", "amount_above", "amount_below", "fields"})
+
+Doc = Mapping[str, str]
+Predicate = Callable[[Doc], bool]
+
+
+class Rule:
+    """One compiled rule: its conditions and what to do when they all hold."""
+
+    __slots__ = ("index", "name", "action", "code", "delay", "fields", "_tests")
+
+    def __init__(
+        self,
+        *,
+        index: int = 0,
+        name: str = "",
+        action: str = RESPOND,
+        code: Optional[str] = None,
+        delay: Optional[tuple[float, float]] = None,
+        fields: Optional[Mapping[str, str]] = None,
+        tests: Sequence[Predicate] = (),
+    ) -> None:
+        self.index = index
+        self.name = name
+        self.action = action
+        #: Field 39 of the answer; None: the host's usual code.
+        self.code = code
+        #: Seconds to wait before acting, as ``(low, high)``; None: act at once.
+        self.delay = delay
+        #: Fields set in the answer (None when there are none).
+        self.fields = dict(fields) if fields else None
+        self._tests = tuple(tests)
+
+    def matches(self, doc: Doc) -> bool:
+        """True when every condition of the rule holds for ``doc``."""
+        for test in self._tests:
+            if not test(doc):
+                return False
+        return True
+
+    def delay_seconds(self, rng: Any = _random) -> float:
+        """How long to wait before acting (0.0 for at once); ``rng`` draws in a range."""
+        delay = self.delay
+        if delay is None:
+            return 0.0
+        low, high = delay
+        return low if low == high else float(rng.uniform(low, high))
+
+    def __repr__(self) -> str:
+        label = f" {self.name!r}" if self.name else ""
+        return f"<Rule {self.index}{label} {self.action} code={self.code}>"
+
+
+class RuleSet:
+    """Rules in order; :meth:`match` returns the first that fits a request."""
+
+    __slots__ = ("rules",)
+
+    def __init__(self, rules: Sequence[Rule] = ()) -> None:
+        self.rules = tuple(rules)
+
+    def match(self, doc: Doc) -> Optional[Rule]:
+        """The first rule matching ``doc``, or None: answer as usual."""
+        for rule in self.rules:
+            if rule.matches(doc):
+                return rule
+        return None
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(self.rules)
+
+    def __repr__(self) -> str:
+        return f"<RuleSet {len(self.rules)} rules>"
+
+
+# -- checking and compiling ------------------------------------------------------------------
+class _Where:
+    """Names the place of a problem: ``rules[2] ("big amounts"), key 'delay_ms'``."""
+
+    def __init__(self, source: str, index: int, name: str = "") -> None:
+        self.source = source
+        self.index = index
+        self.name = name
+
+    def error(self, key: str, problem: str) -> ConfigurationError:
+        label = f" ({self.name!r})" if self.name else ""
+        prefix = f"{self.source}: " if self.source else ""
+        return ConfigurationError(f"{prefix}rules[{self.index}]{label}, key {key!r}: {problem}")
+
+
+def _strings(value: Any, where: _Where, key: str, *, digits: Optional[int] = None) -> tuple[str, ...]:
+    """One string or a non-empty list of strings, as a tuple."""
+    items = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    if not isinstance(items, list) or not items:
+        raise where.error(key, "expected a string or a non-empty list of strings")
+    out = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise where.error(key, f"expected a string, got {type(item).__name__}")
+        text = str(item)
+        if digits is not None and (len(text) != digits or not text.isdigit()):
+            raise where.error(key, f"{text!r} is not {digits} digits")
+        out.append(text)
+    return tuple(out)
+
+
+def _amount(value: Any, where: _Where, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        raise where.error(key, "expected a whole amount in minor units (e.g. 10000 for 100.00)")
+    return int(value)
+
+
+def _field_name(name: Any, where: _Where, key: str) -> str:
+    text = str(name)
+    if not (text.isdigit() and 1 <= int(text) <= 192) and text not in ("t", "h"):
+        raise where.error(key, f"{text!r} is not a field number")
+    return text
+
+
+def _amount_of(doc: Doc) -> Optional[int]:
+    value = doc.get("4")
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+def _compile_match(spec: Any, where: _Where) -> list[Predicate]:
+    if not isinstance(spec, Mapping):
+        raise where.error("match", "expected an object of conditions")
+    unknown = sorted(set(spec) - MATCH_KEYS)
+    if unknown:
+        raise where.error(f"match.{unknown[0]}", f"unknown condition; use {', '.join(sorted(MATCH_KEYS))}")
+    tests: list[Predicate] = []
+    if "mti" in spec:
+        mtis = frozenset(_strings(spec["mti"], where, "match.mti", digits=4))
+        tests.append(lambda doc: doc.get("t") in mtis)
+    if "pan_prefix" in spec:
+        prefixes = _strings(spec["pan_prefix"], where, "match.pan_prefix")
+        if not all(p.isdigit() for p in prefixes):
+            raise where.error("match.pan_prefix", "a PAN prefix is digits")
+        tests.append(lambda doc: doc.get("2", "").startswith(prefixes))
+    if "amount_above" in spec:
+        above = _amount(spec["amount_above"], where, "match.amount_above")
+
+        def over(doc: Doc) -> bool:
+            amount = _amount_of(doc)
+            return amount is not None and amount > above
+
+        tests.append(over)
+    if "amount_below" in spec:
+        below = _amount(spec["amount_below"], where, "match.amount_below")
+
+        def under(doc: Doc) -> bool:
+            amount = _amount_of(doc)
+            return amount is not None and amount < below
+
+        tests.append(under)
+    if "fields" in spec:
+        wanted = spec["fields"]
+        if not isinstance(wanted, Mapping) or not wanted:
+            raise where.error("match.fields", "expected an object of field: value")
+        for name, value in wanted.items():
+            field = _field_name(name, where, "match.fields")
+            tests.append(_field_test(field, frozenset(_strings(value, where, f"match.fields.{field}"))))
+    return tests
+
+
+def _field_test(field: str, values: frozenset[str]) -> Predicate:
+    return lambda doc: doc.get(field) in values
+
+
+def _delay(value: Any, where: _Where) -> tuple[float, float]:
+    def ms(item: Any) -> float:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0:
+            raise where.error("delay_ms", "expected milliseconds >= 0, or a [min, max] range of them")
+        return float(item) / 1000.0
+
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise where.error("delay_ms", "a range is [min, max]")
+        low, high = ms(value[0]), ms(value[1])
+        if low > high:
+            raise where.error("delay_ms", "a range is [min, max] with min <= max")
+        return (low, high)
+    seconds = ms(value)
+    return (seconds, seconds)
+
+
+def compile_rule(spec: Any, index: int = 0, *, source: str = "") -> Rule:
+    """Check one rule (a dict as in the module docstring) and compile it."""
+    where = _Where(source, index)
+    if not isinstance(spec, Mapping):
+        raise where.error("rule", f"expected an object, got {type(spec).__name__}")
+    name = spec.get("name", "")
+    if not isinstance(name, str):
+        raise where.error("name", "expected a string")
+    where.name = name
+    unknown = sorted(set(spec) - RULE_KEYS)
+    if unknown:
+        raise where.error(unknown[0], f"unknown key; use {', '.join(sorted(RULE_KEYS))}")
+    action = spec.get("action", RESPOND)
+    if action not in ACTIONS:
+        raise where.error("action", f"{action!r} is not one of {', '.join(ACTIONS)}")
+    tests = _compile_match(spec.get("match", {}), where)
+    code = None
+    if "code" in spec:
+        if action not in (RESPOND, LATE):
+            raise where.error("code", f"a {action} rule sends no answer")
+        code = _strings(spec["code"], where, "code")[0]
+        if isinstance(spec["code"], list) or len(code) != 2:
+            raise where.error("code", "a response code is two characters, e.g. \"05\"")
+    fields = None
+    if "fields" in spec:
+        if action not in (RESPOND, LATE):
+            raise where.error("fields", f"a {action} rule sends no answer")
+        if not isinstance(spec["fields"], Mapping):
+            raise where.error("fields", "expected an object of field: value")
+        fields = {}
+        for field_name, value in spec["fields"].items():
+            field = _field_name(field_name, where, "fields")
+            if field in ("t", "h", "39"):
+                raise where.error("fields", f"field {field} is set by the host (use code for field 39)")
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise where.error(f"fields.{field}", "expected a string")
+            fields[field] = str(value)
+    delay = None
+    if "delay_ms" in spec:
+        if action == DROP:
+            raise where.error("delay_ms", "a drop rule never acts, so it takes no delay")
+        delay = _delay(spec["delay_ms"], where)
+    elif action == LATE:
+        delay = (DEFAULT_LATE_MS / 1000.0, DEFAULT_LATE_MS / 1000.0)
+    return Rule(index=index, name=name, action=action, code=code, delay=delay, fields=fields, tests=tests)
+
+
+def parse(data: Any, *, source: str = "") -> RuleSet:
+    """A :class:`RuleSet` from plain data: a list of rules or ``{"rules": [...]}``."""
+    if isinstance(data, Mapping):
+        extra = sorted(set(data) - {"rules"})
+        if extra or "rules" not in data:
+            prefix = f"{source}: " if source else ""
+            raise ConfigurationError(f"{prefix}a rules document is a list, or an object with one key 'rules'")
+        data = data["rules"]
+    if data is None:
+        data = []
+    if not isinstance(data, list):
+        prefix = f"{source}: " if source else ""
+        raise ConfigurationError(f"{prefix}'rules' must be a list of rules, got {type(data).__name__}")
+    return RuleSet([compile_rule(item, i, source=source) for i, item in enumerate(data)])
+
+
+def loads(text: str, *, fmt: str = "json", source: str = "") -> RuleSet:
+    """A :class:`RuleSet` from JSON or YAML text (YAML needs PyYAML)."""
+    prefix = f"{source}: " if source else ""
+    if fmt == "yaml":
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigurationError(f"{prefix}YAML rules need PyYAML (pip install geviso[yaml])") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(f"{prefix}not valid YAML: {exc}") from exc
+    elif fmt == "json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigurationError(f"{prefix}not valid JSON: {exc}") from exc
+    else:
+        raise ConfigurationError(f"{prefix}unknown rules format {fmt!r}; use json or yaml")
+    return parse(data, source=source)
+
+
+def format_of(path: str) -> str:
+    """``yaml`` for ``.yaml``/``.yml`` files, else ``json``."""
+    return "yaml" if path.lower().endswith((".yaml", ".yml")) else "json"
+
+
+__all__ = [
+    "ACTIONS",
+    "CLOSE",
+    "DEFAULT_LATE_MS",
+    "DROP",
+    "LATE",
+    "RESPOND",
+    "Rule",
+    "RuleSet",
+    "compile_rule",
+    "format_of",
+    "loads",
+    "parse",
+]

@@ -1,0 +1,258 @@
+"""The host side: accept links and serve each as a server-side :class:`Connection`.
+
+:class:`Server` is a ``gevent.server.StreamServer`` whose every accepted socket (after
+the TLS handshake, when ``tls`` is given) becomes ``Connection.from_socket(...)`` with
+the server's connection options. So matching, pings, handlers and close semantics work
+server side too, and the host can ``send()`` to a connected client (sign-on, echo).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket as _stdlib_socket
+import ssl
+import time
+from typing import Any, Callable, Optional
+
+import gevent
+import gevent.server
+from gevent import socket
+
+from .codec import Spec, codec_for
+from .connection import Address, Connection, parse_address
+from .errors import ConnectFailed, GevisoError, TooManyConnections
+from .framing import Framing, binary
+from .metrics import LinkStats, Totals
+from .tls import wrap as tls_wrap
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Any]
+
+#: Links a server holds at once unless told otherwise.
+DEFAULT_MAX_CONNECTIONS = 1000
+#: Seconds a client has to complete the TLS handshake.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+
+def _peer(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+class Server(gevent.server.StreamServer):  # type: ignore[misc]
+    """Accepts ISO 8583 links; each one is a server-side :class:`Connection`.
+
+    ``on_inbound(conn, doc)`` answers the client's requests with ``conn.reply(...)``.
+    Every other keyword goes to each link's :class:`Connection` (``send_timeout``,
+    ``key``, ``on_closed``, ``on_error``...). ``on_error(exc)`` also hears what no link
+    can report: a refused socket (over ``max_connections``) or a failed TLS handshake.
+    A clean close by the peer is not an error. ``reuse_port`` sets ``SO_REUSEPORT`` so
+    several processes can share one port.
+    """
+
+    def __init__(
+        self,
+        address: Address,
+        spec: Spec,
+        *,
+        framing: Optional[Framing] = None,
+        tls: Optional[ssl.SSLContext] = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        on_inbound: Optional[Handler] = None,
+        on_error: Optional[Handler] = None,
+        on_closed: Optional[Handler] = None,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        reuse_port: bool = False,
+        backlog: Optional[int] = None,
+        **connection_options: Any,
+    ) -> None:
+        if max_connections < 1:
+            raise GevisoError("max_connections must be at least 1")
+        if "tls" in connection_options:  # pragma: no cover - tls is a named argument
+            raise GevisoError("tls is the server's context")
+        super().__init__(parse_address(address), backlog=backlog)
+        self.spec = spec
+        self.framing = framing if framing is not None else binary(2)
+        self.tls = tls
+        self.max_connections = max_connections
+        self.on_inbound = on_inbound
+        self.on_error = on_error
+        self.on_closed = on_closed
+        self.handshake_timeout = handshake_timeout
+        self.reuse_port = reuse_port
+        #: Stats of every link this server ever accepted, summed (see :meth:`link_stats`).
+        self.totals = Totals()
+        #: Sockets accepted, and sockets refused over ``max_connections``.
+        self.accepted = 0
+        self.refused = 0
+        connection_options.setdefault("codec", codec_for(spec))  # one codec for every link
+        self._options = dict(
+            connection_options,
+            framing=self.framing,
+            on_inbound=on_inbound,
+            on_error=on_error,
+            on_closed=self._link_closed,
+        )
+        self._links: dict[Connection, float] = {}  # link -> monotonic time it opened
+        self._handshakes: set[gevent.Greenlet] = set()
+        self._stopping = False
+
+    # -- what users read ----------------------------------------------------------------
+    @property
+    def connections(self) -> set[Connection]:
+        """The links open now; a link leaves this set the moment it is closed."""
+        return {conn for conn in self._links if conn.state != "closed"}
+
+    def link_stats(self) -> LinkStats:
+        """The :class:`~geviso.metrics.LinkStats` of every link ever accepted, summed."""
+        return self.totals.stats()
+
+    def send_all(self, doc: dict[str, str], *, timeout: Optional[float] = None) -> dict[Connection, Any]:
+        """Send ``doc`` to every connected client at once; each link maps to its
+        response or the error it raised."""
+        links = list(self.connections)
+        jobs = [gevent.spawn(conn.send, doc, timeout=timeout) for conn in links]
+        gevent.joinall(jobs)
+        return {conn: (job.value if job.successful() else job.exception) for conn, job in zip(links, jobs)}
+
+    def __repr__(self) -> str:
+        return f"<geviso.Server {_peer(self.address)} links={len(self.connections)}>"
+
+    # -- starting -------------------------------------------------------------------------
+    def init_socket(self) -> None:
+        """Bind the listener ourselves when ``SO_REUSEPORT`` is asked for."""
+        if self.reuse_port and not hasattr(self, "socket"):
+            self.set_listener(_reuse_port_listener(self.address, self.backlog, self.family))
+        super().init_socket()
+
+    def handle(self, sock: Any, address: Any) -> None:
+        """One accepted socket: refuse it over the limit, handshake TLS, start its link."""
+        peer = _peer(address)
+        if self._stopping:
+            sock.close()
+            return
+        if len(self.connections) + len(self._handshakes) >= self.max_connections:
+            self.refused += 1
+            sock.close()
+            self._report(TooManyConnections(f"link from {peer} refused: {self.max_connections} links open already"))
+            return
+        self.accepted += 1
+        if self.tls is not None:
+            current = gevent.getcurrent()
+            self._handshakes.add(current)
+            try:
+                with gevent.Timeout(self.handshake_timeout, ConnectFailed(f"TLS handshake with {peer} timed out")):
+                    sock = tls_wrap(sock, self.tls, server_side=True)
+            except ConnectFailed as exc:
+                sock.close()
+                self._report(exc)
+                return
+            except (OSError, ssl.SSLError) as exc:
+                sock.close()
+                err = ConnectFailed(f"TLS handshake with {peer} failed: {exc}")
+                err.__cause__ = exc
+                self._report(err)
+                return
+            finally:
+                self._handshakes.discard(current)
+            if self._stopping:
+                sock.close()
+                return
+        conn = Connection.from_socket(sock, self.spec, **self._options)
+        self._links[conn] = time.monotonic()
+        self.totals.track(conn)
+        log.debug("link from %s open", peer)
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        """The accepted socket lives on in its Connection: do not close it here."""
+
+    # -- links ----------------------------------------------------------------------------
+    def _link_closed(self, conn: Connection) -> None:
+        opened = self._links.pop(conn, None)
+        s = conn.stats
+        how = f"failed ({type(conn.failure).__name__})" if conn.failure is not None else "closed"
+        age = time.monotonic() - opened if opened is not None else 0.0
+        log.info(
+            "link from %s %s after %.1fs: %d received, %d replies, %d sent",
+            _peer(conn.address),
+            how,
+            age,
+            s.received,
+            s.replies,
+            s.sent,
+        )
+        if self.on_closed is not None:
+            self.on_closed(conn)
+
+    def _report(self, exc: BaseException) -> None:
+        """Hand an error no caller can receive to ``on_error``, or log it."""
+        if self.on_error is None:
+            log.warning("%s: %s", self, exc)
+            return
+        try:
+            self.on_error(exc)
+        except Exception as handler_exc:
+            log.error("on_error handler of %s failed: %s", self, type(handler_exc).__name__)
+
+    # -- stopping -------------------------------------------------------------------------
+    def stop(self, timeout: Optional[float] = 5.0) -> None:
+        """Stop accepting, close every link gracefully (in-flight sends get their
+        answers, queued frames are written), and return within ``timeout`` seconds
+        whatever the peers do: links still open then are failed."""
+        if timeout is None:
+            timeout = 5.0
+        deadline = time.monotonic() + timeout
+        self._stopping = True
+        self.close()  # the listener: no new links
+        for greenlet in list(self._handshakes):
+            greenlet.kill(block=False)
+        self._before_links_close(deadline)
+        links = list(self.connections)
+        closers = [gevent.spawn(_close_quietly, conn, max(0.0, deadline - time.monotonic())) for conn in links]
+        gevent.joinall(closers, timeout=max(0.0, deadline - time.monotonic()))
+        for conn in links:
+            if conn.state != "closed":
+                conn.fail("server stopped")
+        gevent.killall(closers, block=False)
+
+    def _before_links_close(self, deadline: float) -> None:
+        """Hook: work to finish before the links close (MockHost's delayed answers)."""
+
+    def __enter__(self) -> Server:
+        if not self.started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+
+def _close_quietly(conn: Connection, timeout: float) -> None:
+    try:
+        conn.close(timeout=timeout)
+    except GevisoError as exc:  # an on_close handler failed; the link is closed anyway
+        log.warning("closing %s: %s", conn, exc)
+
+
+def _reuse_port_listener(address: Any, backlog: Optional[int], family: int) -> Any:
+    """A listening socket with ``SO_REUSEADDR`` and ``SO_REUSEPORT`` set."""
+    sock = socket.socket(family=family)
+    sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+    reuse_port = getattr(_stdlib_socket, "SO_REUSEPORT", None)
+    if reuse_port is None:  # pragma: no cover - every Linux and BSD has it
+        sock.close()
+        raise GevisoError("SO_REUSEPORT is not available on this system")
+    sock.setsockopt(_stdlib_socket.SOL_SOCKET, reuse_port, 1)
+    try:
+        sock.bind(address)
+        sock.listen(backlog or gevent.server.StreamServer.backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "DEFAULT_MAX_CONNECTIONS", "Server"]
