@@ -12,6 +12,7 @@ from . import codec, errors, framing, keys, masking, metrics, stan, tls
 from .connection import Connection
 from .errors import (
     ConfigurationError,
+    ConnectErrors,
     ConnectFailed,
     ConnectionClosed,
     DecodeError,
@@ -27,6 +28,7 @@ from .errors import (
     SendTimeout,
 )
 from .mockhost import MockHost
+from .pool import Pool
 from .server import Server
 from .stan import StanGenerator
 
@@ -36,6 +38,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "ConfigurationError",
+    "ConnectErrors",
     "ConnectFailed",
     "Connection",
     "ConnectionClosed",
@@ -47,6 +50,7 @@ __all__ = [
     "MockHost",
     "NoConnections",
     "NotConnected",
+    "Pool",
     "PoolClosed",
     "Rejected",
     "SafeError",

@@ -1,0 +1,522 @@
+"""Links to several hosts, each kept up by its own greenlet, shared by every caller.
+
+One greenlet per address (in a ``gevent.pool.Group``) owns that address's link: it builds
+it with the factory, connects it (``on_connect`` signs on), waits for it to close, backs
+off and reconnects, until :meth:`Pool.close`. Callers never check links out: ``get()``
+picks a usable one by strategy and ``send()`` sends on it, moving to the next link only
+when the request was certainly not written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional, Union
+
+import gevent
+import gevent.event
+import gevent.pool
+
+from . import masking
+from .connection import Address, Connection, parse_address
+from .errors import (
+    ConfigurationError,
+    ConnectErrors,
+    ConnectFailed,
+    ConnectionClosed,
+    GevisoError,
+    NoConnections,
+    NotConnected,
+    PoolClosed,
+    SendTimeout,
+)
+
+log = logging.getLogger(__name__)
+
+Factory = Callable[[Any], Connection]
+Filter = Callable[[Connection], bool]
+#: A custom strategy gets the usable links (address order) and the message being sent
+#: (None for a bare ``get()``) and returns one of the links, or None for "none fits".
+Strategy = Callable[[list[Connection], Optional[Mapping[str, str]]], Optional[Connection]]
+
+ROUND_ROBIN = "round-robin"
+PRIMARY_SECONDARY = "primary-secondary"
+STRATEGIES = (ROUND_ROBIN, PRIMARY_SECONDARY)
+
+# States of one address's link, as ``pool.stats`` shows them.
+NEW, CONNECTING, UP, WAITING, CLOSED = "new", "connecting", "up", "waiting", "closed"
+
+
+class _Slot:
+    """One address of the pool: its current link and what its loop has done."""
+
+    __slots__ = (
+        "address",
+        "label",
+        "conn",
+        "state",
+        "attempts",
+        "failures",
+        "ups",
+        "last_error",
+        "next_attempt",
+        "first_done",
+        "first_error",
+        "greenlet",
+    )
+
+    def __init__(self, address: Any) -> None:
+        self.address = address
+        try:
+            host, port = parse_address(address)
+            self.label = f"{host}:{port}"
+        except (ConfigurationError, TypeError, ValueError):
+            self.label = str(address)
+        self.conn: Optional[Connection] = None
+        self.state = NEW
+        self.attempts = 0  # factory + connect attempts
+        self.failures = 0  # attempts that failed
+        self.ups = 0  # attempts that gave a signed-on link
+        self.last_error: Optional[BaseException] = None
+        self.next_attempt: Optional[float] = None  # time.monotonic() of the next attempt
+        self.first_done = gevent.event.Event()
+        self.first_error: Optional[BaseException] = None
+        self.greenlet: Optional[gevent.Greenlet] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        err = self.last_error
+        wait = None if self.next_attempt is None else max(0.0, self.next_attempt - time.monotonic())
+        return {
+            "address": self.label,
+            "state": self.state,
+            "attempts": self.attempts,
+            "failures": self.failures,
+            "reconnects": max(0, self.ups - 1),
+            "last_error": None if err is None else f"{type(err).__name__}: {masking.mask_text(str(err))}",
+            "next_attempt_in": None if self.state != WAITING else round(wait or 0.0, 3),
+        }
+
+
+_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _abandon_in_child() -> None:
+    """``os.fork`` hook, in the child: drop every inherited link before its greenlets
+    can run (nothing is written; the parent keeps using them)."""
+    me = threading.get_ident()
+    for pool in list(_pools):
+        if pool._thread == me:
+            try:
+                pool._abandon()
+            except Exception:  # noqa: BLE001 - a fork hook must not raise
+                pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_abandon_in_child)
+
+
+class Pool:
+    """Links to several card hosts, kept up in the background.
+
+    ``factory(address)`` builds an unconnected :class:`~geviso.Connection` for an address
+    (per-address TLS goes there); addresses may repeat. After a link closes its address
+    waits ``reconnect_wait`` seconds before the first retry, doubling after each failure
+    up to ``max_reconnect_wait`` (0 = no doubling), each wait scaled by a random factor
+    within ``1 ± jitter`` so a fleet does not reconnect in step. Factory and ``on_connect``
+    failures are retried the same way, and each reaches ``on_error(exc)``.
+
+    A link is usable once ``on_connect`` has finished, while it is open and passes
+    ``filter(conn)``. ``strategy`` picks among usable links: ``"round-robin"``,
+    ``"primary-secondary"`` (the first usable in address order, so traffic fails over to
+    the next address and back when the first returns) or a callable ``(links, doc) ->
+    link``.
+
+    Fork: a pool belongs to the process that built it. In a forked child the inherited
+    links are dropped at once without writing anything (the parent keeps using them) and,
+    at the child's first use, the pool dials links of its own.
+    """
+
+    def __init__(
+        self,
+        factory: Factory,
+        addresses: Sequence[Address],
+        *,
+        reconnect_wait: float = 5.0,
+        max_reconnect_wait: float = 60.0,
+        jitter: float = 0.1,
+        min_connections: int = 1,
+        filter: Optional[Filter] = None,  # noqa: A002 - the documented option name
+        strategy: Union[str, Strategy] = ROUND_ROBIN,
+        on_error: Optional[Callable[[BaseException], Any]] = None,
+    ) -> None:
+        if isinstance(addresses, str):
+            addresses = [addresses]  # a single "host:port"
+        if not addresses:
+            raise ConfigurationError("a pool needs at least one address")
+        if reconnect_wait <= 0:
+            raise ConfigurationError("reconnect_wait must be > 0")
+        if max_reconnect_wait < 0:
+            raise ConfigurationError("max_reconnect_wait must be >= 0 (0 = no doubling)")
+        if not 0 <= jitter <= 1:
+            raise ConfigurationError("jitter is a fraction between 0 and 1")
+        if not 0 <= min_connections <= len(addresses):
+            raise ConfigurationError(f"min_connections must be 0..{len(addresses)} (the number of addresses)")
+        if not callable(strategy) and strategy not in STRATEGIES:
+            raise ConfigurationError(f"strategy must be one of {', '.join(STRATEGIES)} or a callable")
+        self.factory = factory
+        self.addresses = list(addresses)
+        self.reconnect_wait = reconnect_wait
+        self.max_reconnect_wait = max(reconnect_wait, max_reconnect_wait)
+        self.jitter = jitter
+        self.min_connections = min_connections
+        self.filter = filter
+        self.strategy = strategy
+        self.on_error = on_error
+        self._slots = [_Slot(a) for a in self.addresses]
+        self._group = gevent.pool.Group()
+        self._stop = gevent.event.Event()
+        self._close_done = gevent.event.Event()
+        self._started = False
+        self._closed = False
+        self._cursor = 0
+        self._reconnects = 0
+        self._pid = os.getpid()
+        self._thread = threading.get_ident()
+        _pools.add(self)
+
+    # -- connecting -------------------------------------------------------------------
+    def connect(self, timeout: Optional[float] = None) -> Pool:
+        """Start every address's loop and wait for each first attempt (each bounded by
+        its link's ``connect_timeout`` and sign-on, or by ``timeout`` overall).
+
+        Raises :class:`ConnectErrors` (holding every failure), after closing the pool,
+        when fewer than ``min_connections`` links came up. Failed addresses keep
+        retrying in the background otherwise.
+        """
+        self._checkpid()
+        if self._closed:
+            raise PoolClosed("pool is closed")
+        if self._started:
+            raise GevisoError("connect() on a pool already connected")
+        self._started = True
+        self._spawn_loops()
+        self._wait_first_attempts(timeout)
+        up = sum(1 for s in self._slots if s.state == UP)
+        if up >= self.min_connections:
+            log.info("pool %s connected", self)
+            return self
+        errors: list[BaseException] = []
+        for slot in self._slots:
+            if slot.first_error is not None:
+                errors.append(slot.first_error)
+            elif slot.state != UP:
+                errors.append(ConnectFailed(f"no link to {slot.label} within {timeout}s"))
+        self.close()
+        raise ConnectErrors(f"{up} of {len(self._slots)} links came up, min_connections={self.min_connections}", errors)
+
+    def _spawn_loops(self) -> None:
+        for slot in self._slots:
+            slot.greenlet = self._group.spawn(self._run, slot)
+
+    def _wait_first_attempts(self, timeout: Optional[float]) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for slot in self._slots:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            slot.first_done.wait(remaining)
+
+    def _run(self, slot: _Slot) -> None:
+        """The loop that owns one address's link, until the pool closes."""
+        try:
+            self._keep_up(slot)
+        except gevent.GreenletExit:
+            conn = slot.conn
+            if conn is not None and not conn.closed:
+                conn.fail(ConnectionClosed("pool closed"))
+        finally:
+            slot.state = CLOSED
+            slot.next_attempt = None
+            slot.first_done.set()
+
+    def _keep_up(self, slot: _Slot) -> None:
+        delay = self.reconnect_wait
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                wait = delay * random.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else delay
+                slot.state = WAITING
+                slot.next_attempt = time.monotonic() + wait
+                if self._stop.wait(wait):
+                    return
+                slot.next_attempt = None
+                delay = min(delay * 2, self.max_reconnect_wait)
+            first = False
+            conn = self._attempt(slot)
+            if conn is None:
+                continue
+            if self._stop.is_set():  # the pool closed while we signed on
+                conn.close()
+                return
+            delay = self.reconnect_wait
+            conn.wait_closed()
+            slot.conn = None
+            if self._stop.is_set():
+                return
+            reason = conn.failure
+            log.warning(
+                "pool: link to %s lost%s; reconnecting",
+                slot.label,
+                f" ({type(reason).__name__}: {masking.mask_text(str(reason))})" if reason is not None else "",
+            )
+
+    def _attempt(self, slot: _Slot) -> Optional[Connection]:
+        """Build, connect and sign on one link; None (error reported) if that failed."""
+        slot.attempts += 1
+        slot.state = CONNECTING
+        try:
+            try:
+                conn = self.factory(slot.address)
+            except Exception as exc:
+                raise ConnectFailed(f"factory for {slot.label} raised {type(exc).__name__}: {exc}") from exc
+            slot.conn = conn
+            conn.connect()
+        except Exception as exc:
+            slot.conn = None
+            slot.failures += 1
+            slot.last_error = exc
+            if not slot.first_done.is_set():
+                slot.first_error = exc
+                slot.first_done.set()
+            self._report(exc)
+            return None
+        slot.state = UP
+        slot.ups += 1
+        if slot.ups > 1:
+            self._reconnects += 1
+        slot.first_done.set()
+        log.info("pool: link to %s up", slot.label)
+        return conn
+
+    def _report(self, exc: BaseException) -> None:
+        """A failure no caller receives: to ``on_error`` (in its own greenlet) or the log."""
+        log.warning("pool: %s", masking.mask_text(str(exc)) or type(exc).__name__)
+        if self.on_error is not None:
+            gevent.spawn(self._run_on_error, exc)
+
+    def _run_on_error(self, exc: BaseException) -> None:
+        try:
+            assert self.on_error is not None
+            self.on_error(exc)
+        except Exception as handler_exc:
+            log.error("pool on_error handler failed: %s", type(handler_exc).__name__)
+
+    # -- using ------------------------------------------------------------------------
+    def _usable(self, conn: Optional[Connection]) -> bool:
+        if conn is None or not conn.ready or conn.closed:
+            return False
+        return self.filter is None or bool(self.filter(conn))
+
+    def _check_usable_pool(self) -> None:
+        self._checkpid()
+        if self._closed:
+            raise PoolClosed("pool is closed")
+        if not self._started:
+            raise NotConnected("pool used before connect()")
+
+    def _pick(self, doc: Optional[Mapping[str, str]], exclude: Sequence[Connection] = ()) -> Optional[Connection]:
+        def ok(conn: Optional[Connection]) -> bool:
+            return self._usable(conn) and all(conn is not x for x in exclude)
+
+        slots = self._slots
+        if self.strategy == ROUND_ROBIN:
+            n = len(slots)
+            start = self._cursor
+            for i in range(n):
+                conn = slots[(start + i) % n].conn
+                if ok(conn):
+                    self._cursor = (start + i + 1) % n
+                    return conn
+            return None
+        if self.strategy == PRIMARY_SECONDARY:
+            for slot in slots:
+                if ok(slot.conn):
+                    return slot.conn
+            return None
+        candidates = [s.conn for s in slots if s.conn is not None and ok(s.conn)]
+        if not candidates:
+            return None
+        assert callable(self.strategy)
+        return self.strategy(candidates, doc)
+
+    def get(self, doc: Optional[Mapping[str, str]] = None) -> Connection:
+        """A usable link chosen by the strategy (``doc`` is handed to a custom one).
+
+        Links are shared, not checked out. Raises :class:`PoolClosed`,
+        :class:`NoConnections` or :class:`NotConnected` (before ``connect()``).
+        """
+        self._check_usable_pool()
+        conn = self._pick(doc)
+        if conn is None:
+            raise NoConnections(f"no usable link ({self._up_text()})")
+        return conn
+
+    def send(self, doc: Mapping[str, str], *, timeout: Optional[float] = None) -> dict[str, str]:
+        """Send a request on a usable link and return its response.
+
+        When the chosen link fails before the request was written it goes to the next
+        usable link; a request that may have reached the host is never sent again: its
+        loss raises :class:`ConnectionClosed` with ``sent=True``. :class:`NoConnections`
+        means the request was written nowhere. ``timeout`` bounds the whole call
+        (default: the chosen link's ``send_timeout``).
+        """
+        self._check_usable_pool()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tried: list[Connection] = []
+        last: Optional[ConnectionClosed] = None
+        while True:
+            conn = self._pick(doc, tried)
+            if conn is None:
+                if self._closed:
+                    raise PoolClosed("pool is closed") from last
+                if last is not None:
+                    raise NoConnections(
+                        f"no usable link took the request ({len(tried)} failed before writing it)"
+                    ) from last
+                raise NoConnections(f"no usable link ({self._up_text()})")
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SendTimeout(f"no link took the request within {timeout:g}s") from last
+            try:
+                return conn.send(doc, timeout=remaining)
+            except ConnectionClosed as exc:
+                if exc.sent:
+                    raise
+                log.info("pool: link %s closed before the request was written; trying the next", conn)
+                tried.append(conn)
+                last = exc
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def connections(self) -> list[Connection]:
+        """The links that are up (signed on and open), in address order, filter or not."""
+        return [s.conn for s in self._slots if s.conn is not None and s.conn.ready and not s.conn.closed]
+
+    @property
+    def usable(self) -> list[Connection]:
+        """The links ``get()`` may return right now, in address order."""
+        return [s.conn for s in self._slots if s.conn is not None and self._usable(s.conn)]
+
+    @property
+    def is_up(self) -> bool:
+        """At least one usable link."""
+        return not self._closed and any(self._usable(s.conn) for s in self._slots)
+
+    @property
+    def is_degraded(self) -> bool:
+        """Fewer usable links than addresses."""
+        return sum(1 for s in self._slots if self._usable(s.conn)) < len(self._slots)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Plain data: reconnects so far, usable links, and each address's state."""
+        return {
+            "closed": self._closed,
+            "reconnects": self._reconnects,
+            "usable": sum(1 for s in self._slots if self._usable(s.conn)),
+            "addresses": [s.as_dict() for s in self._slots],
+        }
+
+    def _up_text(self) -> str:
+        return f"{len(self.usable)} of {len(self._slots)} usable"
+
+    def __repr__(self) -> str:
+        name = self.strategy if isinstance(self.strategy, str) else "custom"
+        state = "closed" if self._closed else self._up_text()
+        return f"<geviso.Pool {name} {state}>"
+
+    def __enter__(self) -> Pool:
+        if not self._started:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- closing ----------------------------------------------------------------------
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Stop every reconnect loop and close every link gracefully; idempotent.
+
+        ``timeout`` is handed to each link's ``close()`` (default: its ``send_timeout``,
+        how long in-flight requests may still take). Links still dialling or signing on
+        are dropped.
+        """
+        self._checkpid()
+        if self._closed:
+            if gevent.getcurrent() not in self._group:
+                self._close_done.wait(timeout)
+            return
+        self._closed = True
+        self._stop.set()
+        me = gevent.getcurrent()
+        slots = list(self._slots)
+        for slot in slots:
+            g = slot.greenlet
+            if slot.state == CONNECTING and g is not None and g is not me:
+                g.kill(block=False)
+        closers = []
+        for slot in slots:
+            conn = slot.conn
+            if slot.state == UP and conn is not None and not conn.closed:
+                closers.append(gevent.spawn(self._close_link, conn, timeout))
+        gevent.joinall(closers)
+        for g in list(self._group):
+            if g is not me:
+                g.join(1.0)
+                g.kill(block=True, timeout=1.0)
+        self._close_done.set()
+        log.info("pool %s closed", self)
+
+    @staticmethod
+    def _close_link(conn: Connection, timeout: Optional[float]) -> None:
+        try:
+            conn.close(timeout)
+        except GevisoError as exc:  # on_close (sign-off) failed; the link is closed anyway
+            log.warning("pool: closing %s: %s", conn, masking.mask_text(str(exc)))
+
+    # -- fork -------------------------------------------------------------------------
+    def _abandon(self) -> None:
+        """Drop inherited links and loops (in a forked child): no byte is written."""
+        for slot in self._slots:
+            conn = slot.conn
+            if conn is not None and not conn.closed:
+                conn.fail(ConnectionClosed("link belongs to the parent process"))
+            slot.conn = None
+        for g in list(self._group):
+            g.kill(block=False)
+
+    def _checkpid(self) -> None:
+        """In a forked child, replace the parent's links by the child's own (redis-py)."""
+        pid = os.getpid()
+        if pid == self._pid:
+            return
+        self._abandon()
+        self._pid = pid
+        self._thread = threading.get_ident()
+        self._slots = [_Slot(a) for a in self.addresses]
+        self._group = gevent.pool.Group()
+        self._cursor = 0
+        if self._started and not self._closed:
+            log.info("pool %s: forked (pid %d), dialling links of our own", self, pid)
+            self._spawn_loops()
+            self._wait_first_attempts(None)
