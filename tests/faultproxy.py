@@ -243,7 +243,9 @@ class FaultProxy:
     def _check_kind(self, kind: str) -> None:
         if kind not in KINDS:
             raise ConfigurationError(f"unknown fault {kind!r}; choose from {', '.join(KINDS)}")
-        if kind == "oversize" and self.framing.max_length >= self.framing.header_limit:
+        framing = self.framing
+        most = framing.header_limit - (framing.header_size if framing.include_header else 0)
+        if kind == "oversize" and framing.max_length >= most:
             raise ConfigurationError("oversize needs a framing whose max_length is below its header limit")
 
     # -- life cycle -------------------------------------------------------------------
