@@ -35,6 +35,7 @@ from .errors import (
     PoolClosed,
     SendTimeout,
 )
+from .metrics import Totals
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ class Pool:
         self._closed = False
         self._cursor = 0
         self._reconnects = 0
+        #: Stats of every link this pool ever had, summed (``pool.stats`` shows them).
+        self.totals = Totals()
         self._pid = os.getpid()
         self._thread = threading.get_ident()
         _pools.add(self)
@@ -284,6 +287,7 @@ class Pool:
             except Exception as exc:
                 raise ConnectFailed(f"factory for {slot.label} raised {type(exc).__name__}: {exc}") from exc
             slot.conn = conn
+            self.totals.track(conn)
             conn.connect()
         except Exception as exc:
             slot.conn = None
@@ -429,13 +433,18 @@ class Pool:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Plain data: reconnects so far, usable links, and each address's state."""
-        return {
-            "closed": self._closed,
-            "reconnects": self._reconnects,
-            "usable": sum(1 for s in self._slots if self._usable(s.conn)),
-            "addresses": [s.as_dict() for s in self._slots],
-        }
+        """Plain data: the counters of every link the pool ever had, summed (see
+        :class:`~geviso.metrics.LinkStats`), reconnects so far, requests in flight,
+        usable links, and each address's state."""
+        data = self.totals.stats().as_dict()
+        data.update(
+            closed=self._closed,
+            reconnects=self._reconnects,
+            in_flight=sum(conn.in_flight for conn in self.connections),
+            usable=sum(1 for s in self._slots if self._usable(s.conn)),
+            addresses=[s.as_dict() for s in self._slots],
+        )
+        return data
 
     def _up_text(self) -> str:
         return f"{len(self.usable)} of {len(self._slots)} usable"

@@ -225,3 +225,39 @@ def test_a_failing_listener_is_counted_and_the_send_goes_on(echo_host, caplog):
         assert conn.stats.errors == 6
     warnings = [r for r in caplog.records if r.name == "geviso.tracing"]
     assert len(warnings) == 1 and "Broken" in warnings[0].getMessage()
+
+
+def test_pool_and_server_stats_count_every_link_they_ever_had():
+    host = geviso.MockHost(("127.0.0.1", 0), spec)
+    host.start()
+    try:
+        pool = geviso.Pool(lambda a: geviso.Connection(a, spec, send_timeout=5), [host.address],
+                           reconnect_wait=0.05)
+        with pool.connect():
+            for _ in range(5):
+                pool.send({"t": "0800", "70": "301"})
+            first = pool.connections[0]
+            first.fail("dropped for the test")
+            assert wait_until(lambda: pool.connections and pool.connections[0] is not first)
+            for _ in range(3):
+                pool.send({"t": "0200", "3": "000000", "4": "000000000100"})
+            stats = json.loads(json.dumps(pool.stats))
+            assert stats["matched"] == 8 and stats["reconnects"] == 1 and stats["in_flight"] == 0
+            assert stats["by_outcome"] == {"0800:ok": 5, "0200:ok": 3}
+            data = snapshot(pool, extra=("is_up", "is_degraded"))
+            assert data["matched"] == 8 and data["reconnects"] == 1
+            assert data["connections"] == {"open": 1} and data["is_up"] is True
+            registry = prometheus_client.CollectorRegistry()
+            geviso_prometheus.register(pool, "pool", registry=registry)
+            geviso_prometheus.register(host, "host", registry=registry)
+            families = _scrape(registry)
+        def totals(metric: str) -> dict:
+            return {s.labels["name"]: s.value for s in families[metric] if s.name.endswith("_total")}
+
+        assert totals("geviso_responses_matched") == {"pool": 8.0, "host": 0.0}
+        assert totals("geviso_replies") == {"pool": 0.0, "host": 8.0}
+        assert totals("geviso_reconnects") == {"pool": 1.0, "host": 0.0}
+        assert {s.labels["name"]: s.value for s in families["geviso_pool_up"]} == {"pool": 1.0}
+        assert snapshot(host)["inbound"] == 8
+    finally:
+        host.stop()
