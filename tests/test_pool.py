@@ -415,10 +415,10 @@ def test_send_during_a_host_restart_loses_nothing(hosts):
         assert wait_until(lambda: len(a.received) >= 50)
         a.kill()
         gevent.sleep(0.3)
-        before_restart = len(b.received)
+        a_before, b_before = len(a.received), len(b.received)
         a.start()
         assert wait_until(lambda: len(pool.usable) == 2)
-        assert wait_until(lambda: len(a.received) >= 50 and len(b.received) >= before_restart + 50)
+        assert wait_until(lambda: len(a.received) >= a_before + 50 and len(b.received) >= b_before + 50)
         stop.set()
         gevent.joinall(senders, timeout=10, raise_error=True)
 
@@ -507,6 +507,7 @@ def test_close_drops_links_still_signing_on(hosts):
 
 
 HOST_SCRIPT = """
+import sys
 import gevent, gevent.server
 from iso8583.specs import default as spec
 import geviso
@@ -516,10 +517,14 @@ def inbound(conn, doc):
     conn.reply({**{k: v for k, v in doc.items() if k != "p"}, "t": response_mti(doc["t"]), "39": "00"})
 
 def handle(sock, address):
-    print("accept", flush=True)
+    log("accept")
     conn = geviso.Connection.from_socket(sock, spec, on_inbound=inbound)
     conn.wait_closed()
-    print("closed", flush=True)
+    log("closed")
+
+def log(event):
+    with open(sys.argv[1], "a") as f:
+        f.write(event + "\\n")
 
 server = gevent.server.StreamServer(("127.0.0.1", 0), handle)
 server.start()
@@ -529,13 +534,18 @@ gevent.wait()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_forked_child_dials_its_own_links_and_leaves_the_parents_alone():
-    proc = gevent.subprocess.Popen([sys.executable, "-c", HOST_SCRIPT], stdout=gevent.subprocess.PIPE, text=True)
-    events: list[str] = []
+def test_forked_child_dials_its_own_links_and_leaves_the_parents_alone(tmp_path):
+    log = tmp_path / "host-events"
+    log.write_text("")
+    command = [sys.executable, "-c", HOST_SCRIPT, str(log)]
+    proc = gevent.subprocess.Popen(command, stdout=gevent.subprocess.PIPE, text=True)
+
+    def events() -> list[str]:
+        return log.read_text().split()
+
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
-        reader = gevent.spawn(lambda: events.extend(line.strip() for line in proc.stdout))
         with geviso.Pool(Factory(), [f"127.0.0.1:{port}"]) as pool:
             parent_link = pool.get()
             assert echo(pool, 1)["39"] == "00"
@@ -554,12 +564,11 @@ def test_forked_child_dials_its_own_links_and_leaves_the_parents_alone():
             with gevent.Timeout(20):
                 _, status = gevent.os.waitpid(pid, 0)  # gevent.fork() watches the child
             assert os.waitstatus_to_exitcode(status) == 0
-            assert wait_until(lambda: events.count("accept") == 2 and events.count("closed") == 1)
+            assert wait_until(lambda: events() == ["accept", "accept", "closed"]), events()
             # the parent's link was neither closed nor disturbed by the child
             assert pool.get() is parent_link and not parent_link.closed
             assert echo(pool, 3)["11"] == "000003"
-            assert events.count("closed") == 1
-        reader.kill()
+            assert events() == ["accept", "accept", "closed"]
     finally:
         proc.kill()
         proc.wait()
