@@ -4,16 +4,23 @@
 turns codec failures into :class:`~geviso.errors.EncodeError` /
 :class:`~geviso.errors.DecodeError`, whose texts name only the field and position:
 pyiso8583's own errors carry the whole document, PAN included, in their attributes.
+
+:class:`CompiledCodec` gives the same bytes, dicts and errors several times faster,
+from functions generated per spec (:mod:`geviso.compiled`); :func:`codec_for` picks it
+whenever it covers the spec, and connections use :func:`codec_for` by default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from typing import Any, Optional
 
 import iso8583
 
-from .errors import DecodeError, EncodeError
+from .compiled import Compiled, compile_spec
+from .errors import ConfigurationError, DecodeError, EncodeError
 
 Spec = Mapping[str, Mapping[str, Any]]
 Message = dict[str, str]
@@ -63,6 +70,75 @@ class Codec:
         return doc
 
 
+class CompiledCodec(Codec):
+    """pyiso8583's bytes and dicts from functions generated for one spec.
+
+    Whatever the generated functions do not cover (a field they do not compile, a
+    tertiary bitmap, a very long field) or cannot encode or decode goes through
+    :class:`Codec`, so results and errors are pyiso8583's exactly. The spec is read
+    once, when the codec is built: build a new codec after changing a spec.
+    """
+
+    def __init__(self, spec: Spec, compiled: Optional[Compiled] = None) -> None:
+        super().__init__(spec)
+        compiled = compiled if compiled is not None else compile_spec(spec)
+        if compiled is None:
+            raise ConfigurationError("the spec's header, MTI or bitmap is beyond the compiled codec; use Codec")
+        self.compiled = compiled
+        #: Messages that went through pyiso8583 (not covered, or an error to report).
+        self.fallbacks = 0
+        self._encode = compiled.encode
+        self._decode = compiled.decode
+
+    def encode(self, doc: Mapping[str, str]) -> bytes:
+        """Bytes for ``doc``; ``doc`` itself is left as it was."""
+        try:
+            return self._encode(doc)
+        except Exception:
+            pass  # outside the handler, so the fast path's exception is not chained
+        self.fallbacks += 1
+        return Codec.encode(self, doc)
+
+    def decode(self, data: bytes) -> Message:
+        """The message in ``data``."""
+        try:
+            return self._decode(data)
+        except Exception:
+            pass
+        self.fallbacks += 1
+        return Codec.decode(self, data)
+
+
+#: Compiled specs kept for reuse, by content (a pool or server builds one codec per link).
+_COMPILED_KEPT = 16
+_compiled: OrderedDict[Hashable, Optional[Compiled]] = OrderedDict()
+_compiled_lock = threading.Lock()
+
+
+def _content(spec: Spec) -> Optional[Hashable]:
+    """A hashable copy of ``spec``'s content, or None if it holds unhashable values."""
+    try:
+        items = tuple(sorted((key, tuple(sorted(field.items()))) for key, field in spec.items()))
+        hash(items)
+    except (TypeError, AttributeError):
+        return None
+    return items
+
+
 def codec_for(spec: Spec) -> Codec:
-    """The codec a connection uses for ``spec``."""
-    return Codec(spec)
+    """The codec a connection uses for ``spec``: :class:`CompiledCodec` when it covers
+    the spec, else :class:`Codec`."""
+    content = _content(spec)
+    if content is None:
+        compiled = compile_spec(spec)
+    else:
+        with _compiled_lock:
+            if content in _compiled:
+                _compiled.move_to_end(content)
+                compiled = _compiled[content]
+            else:
+                compiled = compile_spec(spec)
+                _compiled[content] = compiled
+                if len(_compiled) > _COMPILED_KEPT:
+                    _compiled.popitem(last=False)
+    return CompiledCodec(spec, compiled) if compiled is not None else Codec(spec)
