@@ -263,7 +263,7 @@ class Pool:
             if conn is None:
                 continue
             if self._stop.is_set():  # the pool closed while we signed on
-                conn.close()
+                self._close_link(conn, None)
                 return
             delay = self.reconnect_wait
             conn.wait_closed()
