@@ -231,8 +231,9 @@ class FaultProxy:
         self.merge = merge
         self.merge_wait = merge_wait
         self.garbage_size = garbage_size
-        #: Faults injected so far, by kind.
+        #: Faults injected so far, by kind; and by (direction, kind) for those on frames.
         self.counts: collections.Counter[str] = collections.Counter()
+        self.by_direction: collections.Counter[tuple[str, str]] = collections.Counter()
         #: Frames forwarded so far, by direction.
         self.forwarded: collections.Counter[str] = collections.Counter()
         self.accepted = 0
@@ -337,38 +338,42 @@ class FaultProxy:
             return
         for kind in kinds:
             if kind in LINK_KINDS:
-                self.counts[kind] += 1
+                self._count(direction, kind)
                 if kind == "stall":
                     link.stall()
                 else:
                     link.cut(rst=kind == "rst")
                 return
-        counts = self.counts
+        count = self._count
         mode, delay = "plain", 0.0
         if "corrupt" in kinds:
-            counts["corrupt"] += 1
+            count(direction, "corrupt")
             frame = self._corrupt(frame)
         if "latency" in kinds:
-            counts["latency"] += 1
+            count(direction, "latency")
             delay = self.rng.uniform(*self.latency)
         if "split" in kinds:
-            counts["split"] += 1
+            count(direction, "split")
             mode = "split"
         elif "merge" in kinds:
-            counts["merge"] += 1
+            count(direction, "merge")
             mode = "merge"
         self.forwarded[direction] += 1
         queue.put((mode, frame, delay))
         if "duplicate" in kinds:
-            counts["duplicate"] += 1
+            count(direction, "duplicate")
             queue.put(("plain", frame, 0.0))
         if "garbage" in kinds:
-            counts["garbage"] += 1
+            count(direction, "garbage")
             size = self.rng.randint(*self.garbage_size)
             queue.put(("plain", bytes(self.rng.getrandbits(8) for _ in range(size)), 0.0))
         if "oversize" in kinds:
-            counts["oversize"] += 1
+            count(direction, "oversize")
             queue.put(("plain", self.framing.pack_length(self.framing.header_limit), 0.0))
+
+    def _count(self, direction: str, kind: str) -> None:
+        self.counts[kind] += 1
+        self.by_direction[direction, kind] += 1
 
     def _corrupt(self, frame: bytes) -> bytes:
         """The frame with one MTI byte replaced by 0xFF (never valid ASCII)."""
