@@ -61,6 +61,15 @@ class Rejected(GevisoError):
         super().__init__(f"request rejected: {reason}" if reason is not None else "request rejected")
 
 
+class Declined(GevisoError):
+    """The host answered with a response code (field 39) that is not an approval; raised
+    where a decline counts as a failure (sign-on, Locust users that ask for it)."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        super().__init__(f"declined with response code {code or 'missing'}")
+
+
 class ProtocolError(GevisoError):
     """Bytes on the link do not follow the protocol (framing or message format)."""
 
@@ -116,6 +125,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionError",
     "DecodeError",
+    "Declined",
     "DuplicateKey",
     "EncodeError",
     "FramingError",
