@@ -47,7 +47,7 @@ Address = Union[str, tuple[str, int]]
 Handler = Callable[..., Any]
 
 # Link states.
-NEW, OPEN, CLOSING, CLOSED = "new", "open", "closing", "closed"
+NEW, CONNECTING, OPEN, CLOSING, CLOSED = "new", "connecting", "open", "closing", "closed"
 
 #: Bytes of frames queued for the writer beyond which writers wait for it to drain.
 DEFAULT_MAX_WRITE_BUFFER = 4 * 1024 * 1024
@@ -126,6 +126,7 @@ class Connection:
         codec: Optional[Codec] = None,
         max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
         max_inbound: int = DEFAULT_MAX_INBOUND,
+        inline_inbound: bool = False,
         on_connect: Optional[Handler] = None,
         on_close: Optional[Handler] = None,
         on_established: Optional[Handler] = None,
@@ -157,6 +158,9 @@ class Connection:
         self.on_closed = on_closed
         self.on_failed = on_failed
         self.on_inbound = on_inbound
+        #: Run ``on_inbound`` in the reader greenlet, no greenlet per message: for handlers
+        #: that never block (a host answering at once, e.g. MockHost). Default off.
+        self.inline_inbound = inline_inbound
         self.on_ping = on_ping
         self.on_read_timeout = on_read_timeout
         self.on_error = on_error
@@ -178,6 +182,8 @@ class Connection:
         self._wake_writer = gevent.event.Event()
         self._drained = gevent.event.Event()
         self._drained.set()
+        self._flushed = gevent.event.Event()
+        self._flushed.set()
         self._idle = gevent.event.Event()
         self._closed_event = gevent.event.Event()
         self._closer: Any = None
@@ -204,6 +210,8 @@ class Connection:
         conn.server_side = True
         conn._start(sock)
         conn.ready = True
+        if conn.on_established is not None:
+            conn._spawn_handler(conn.on_established, conn)
         return conn
 
     def connect(self) -> Connection:
@@ -214,28 +222,39 @@ class Connection:
         if self._state != NEW:
             raise errors.GevisoError(f"connect() on a {self._state} connection; build a new one")
         host, port = self.address
+        self._state = CONNECTING
+        raw: Any = None
         try:
             with gevent.Timeout(self.connect_timeout, ConnectFailed(f"connect to {host}:{port} timed out")):
-                sock = socket.create_connection((host, port), timeout=self.connect_timeout)
+                raw = socket.create_connection((host, port), timeout=self.connect_timeout)
+                sock = raw
                 if self.tls is not None:
                     name = self.server_hostname or getattr(self.tls, "server_hostname", None) or host
-                    sock = tls_wrap(sock, self.tls, server_hostname=name)
-        except ConnectFailed:
+                    sock = tls_wrap(raw, self.tls, server_hostname=name)
+        except BaseException as exc:
             self._state = CLOSED
             self._closed_event.set()
+            if raw is not None:
+                raw.close()
+            if isinstance(exc, ConnectFailed):
+                raise
+            if isinstance(exc, (OSError, ssl.SSLError)):
+                raise ConnectFailed(f"connect to {host}:{port} failed: {exc}") from exc
             raise
-        except (OSError, ssl.SSLError) as exc:
-            self._state = CLOSED
-            self._closed_event.set()
-            raise ConnectFailed(f"connect to {host}:{port} failed: {exc}") from exc
+        if self._state != CONNECTING:  # close() was called while we dialled
+            sock.close()
+            raise ConnectFailed(f"connection to {host}:{port} was closed while connecting")
         self._start(sock)
         log.info("link %s open", self)
         if self.on_connect is not None:
             try:
                 self.on_connect(self)
             except BaseException as exc:
-                self._fail(exc)
-                raise ConnectFailed(f"on_connect for {host}:{port} failed: {type(exc).__name__}: {exc}") from exc
+                self._fail(exc if isinstance(exc, Exception) else ConnectionClosed("on_connect interrupted"))
+                if not isinstance(exc, Exception):
+                    raise
+                text = masking.mask_text(str(exc))
+                raise ConnectFailed(f"on_connect for {host}:{port} failed: {type(exc).__name__}: {text}") from exc
         if self._state != OPEN:
             raise ConnectFailed(f"link to {host}:{port} closed during on_connect") from self._failure
         self.ready = True
@@ -264,7 +283,7 @@ class Connection:
 
     @property
     def state(self) -> str:
-        """``new``, ``open``, ``closing`` or ``closed``."""
+        """``new``, ``connecting``, ``open``, ``closing`` or ``closed``."""
         return self._state
 
     @property
@@ -299,8 +318,8 @@ class Connection:
         state = self._state
         if state == OPEN:
             return
-        if state == NEW:
-            raise NotConnected("send() before connect()")
+        if state in (NEW, CONNECTING):
+            raise NotConnected("the connection is not connected yet: call connect() first")
         if state == CLOSING and gevent.getcurrent() is self._closer:
             return  # on_close may still sign off
         raise ConnectionClosed(f"link is {state}") from self._failure
@@ -343,7 +362,7 @@ class Connection:
             frame = self._frame(msg)
             pending = _Pending(req_key, mti)
             self._pending[req_key] = pending
-            self._enqueue(frame, pending)
+            self._enqueue(frame, pending, started + timeout)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("send %s on %s", masking.describe(msg), self)
             remaining = max(0.0, timeout - (time.monotonic() - started))
@@ -417,15 +436,15 @@ class Connection:
         self._check_writable()
         tpdu = self._decoder.last_tpdu
         frame = self._frame(doc, Framing.swap_tpdu(tpdu) if tpdu is not None else None)
-        self.stats.replies += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("reply %s on %s", masking.describe(doc), self)
-        self._enqueue(frame, None)
+        self._enqueue(frame, None, time.monotonic() + self.send_timeout)
+        self.stats.replies += 1
 
     def write(self, raw: bytes) -> None:
         """Write raw bytes (already framed) through the single writer, between frames."""
         self._check_writable()
-        self._enqueue(bytes(raw), None)
+        self._enqueue(bytes(raw), None, time.monotonic() + self.send_timeout)
 
     def reject(self, doc: Mapping[str, str], reason: Any = None) -> bool:
         """Fail the pending send with ``doc``'s key with :class:`Rejected` (e.g. on a 0620
@@ -439,28 +458,35 @@ class Connection:
         self.stats.rejects += 1
         return True
 
-    def _enqueue(self, frame: bytes, pending: Optional[_Pending]) -> None:
+    def _enqueue(self, frame: bytes, pending: Optional[_Pending], deadline: float) -> None:
+        """Queue a frame for the writer; while the queue is over ``max_write_buffer``
+        wait for the writer to take it (backpressure), until ``deadline``."""
         while self._outbox_bytes >= self.max_write_buffer and self._state != CLOSED:
             self._drained.clear()
-            self._drained.wait(1.0)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                queued = self._outbox_bytes
+                raise SendTimeout(f"write buffer stayed full ({queued} bytes queued): the peer is not reading")
+            self._drained.wait(left)
         if self._state == CLOSED:
             raise ConnectionClosed("link closed") from self._failure
         self._outbox.append((frame, pending))
         self._outbox_bytes += len(frame)
+        self._flushed.clear()
         self._wake_writer.set()
 
     # -- the loops --------------------------------------------------------------------
     def _write_loop(self) -> None:
         sock = self._sock
         wake = self._wake_writer
+        flushed = self._flushed
         try:
-            while True:
-                wake.wait()
-                wake.clear()
+            while self._state != CLOSED:
                 batch = self._outbox
                 if not batch:
-                    if self._state == CLOSED or (self._state == CLOSING and self._closer is None):
-                        return
+                    flushed.set()
+                    wake.wait()
+                    wake.clear()
                     continue
                 self._outbox = []
                 self._outbox_bytes = 0
@@ -479,6 +505,9 @@ class Connection:
             self._fail(exc)
         except gevent.GreenletExit:
             pass
+        except Exception as exc:  # a bug, not the network: fail the link rather than hang it
+            log.exception("writer of %s failed", self)
+            self._fail(exc)
 
     def _read_loop(self) -> None:
         sock = self._sock
@@ -493,6 +522,8 @@ class Connection:
                 for payload in decoder.feed(data):
                     self._handle_frame(payload)
                 self.stats.keepalives = decoder.keepalives
+                if decoder.error is not None:  # frames before a bad header were delivered first
+                    raise decoder.error
         except errors.FramingError as exc:
             self._report(exc)
             self._fail(exc)
@@ -500,6 +531,10 @@ class Connection:
             self._fail(exc)
         except gevent.GreenletExit:
             pass
+        except Exception as exc:  # a bug, not the network: fail the link rather than hang it
+            log.exception("reader of %s failed", self)
+            self._report(exc)
+            self._fail(exc)
 
     def _handle_frame(self, payload: bytes) -> None:
         stats = self.stats
@@ -516,7 +551,7 @@ class Connection:
         if is_response(mti):
             try:
                 resp_key: Optional[Hashable] = self.key(doc)
-            except KeyError:
+            except Exception:  # no key in this response: it cannot match, so it is unmatched
                 resp_key = None
             pending = self._pending.get(resp_key)
             if pending is not None and pending.resolve(doc):
@@ -529,7 +564,10 @@ class Connection:
         else:
             stats.inbound += 1
         if self.on_inbound is not None:
-            self._inbound_pool.spawn(self._run_handler, self.on_inbound, self, doc)
+            if self.inline_inbound:
+                self._run_handler(self.on_inbound, self, doc)
+            else:
+                self._inbound_pool.spawn(self._run_handler, self.on_inbound, self, doc)
         elif is_response(mti):
             self._report(errors.RemoteProtocolError(f"unmatched response {masking.describe(doc)}"))
         else:
@@ -563,19 +601,32 @@ class Connection:
         return gevent.spawn(self._run_handler, handler, *args)
 
     def _run_handler(self, handler: Handler, *args: Any) -> None:
+        """Run a user handler; nothing escapes, since gevent would print the greenlet's
+        arguments (a message, PAN included) for an uncaught exception."""
         try:
             handler(*args)
         except gevent.GreenletExit:
             raise
-        except Exception as exc:
-            self.stats.errors += 1
-            name = getattr(handler, "__name__", "handler")
-            err = errors.GevisoError(f"{name} raised {type(exc).__name__}")
-            err.__cause__ = exc
-            if handler is self.on_error:
-                log.error("on_error handler of %s failed: %s", self, type(exc).__name__)
+        except ConnectionClosed as exc:
+            if self._state in (CLOSING, CLOSED):
+                # The link went away under the handler (a reply or ping racing the close):
+                # on_closed / on_failed tell that story, so this is no extra error.
+                log.info("%s: %s ended by the close: %s", self, getattr(handler, "__name__", "handler"), exc)
             else:
-                self._report(err)
+                self._handler_failed(handler, exc)
+        except Exception as exc:
+            self._handler_failed(handler, exc)
+
+    def _handler_failed(self, handler: Handler, exc: Exception) -> None:
+        """Report a handler's error to ``on_error`` (or the log), safely."""
+        self.stats.errors += 1
+        name = getattr(handler, "__name__", "handler")
+        err = errors.GevisoError(f"{name} raised {type(exc).__name__}")
+        err.__cause__ = exc
+        if handler is self.on_error:
+            log.error("on_error handler of %s failed: %s", self, type(exc).__name__)
+        else:
+            self._report(err)
 
     def _report(self, exc: BaseException) -> None:
         """Hand an error no caller can receive to ``on_error``, or log it safely."""
@@ -593,11 +644,14 @@ class Connection:
         closes the socket, then runs ``on_closed``. An ``on_close`` error is raised after
         the link is closed, never swallowed.
         """
-        if self._state == NEW:
+        state = self._state
+        if state == NEW:
+            raise NotConnected("close() before connect(): there is no link to close")
+        if state == CONNECTING:  # connect() sees this when its dial returns, and gives up
             self._state = CLOSED
             self._closed_event.set()
             return
-        if self._state != OPEN:
+        if state != OPEN:
             if gevent.getcurrent() is not self._closer:
                 self._closed_event.wait(timeout)
             return
@@ -607,22 +661,24 @@ class Connection:
         if timeout is None:
             timeout = self.send_timeout
         deadline = time.monotonic() + timeout
-        if self.on_close is not None:
-            try:
-                self.on_close(self)
-            except Exception as exc:
-                self._close_error = exc
-        self._closer = None
-        if self._pending:
-            self._idle.clear()
+        try:
+            if self.on_close is not None:
+                try:
+                    self.on_close(self)
+                except Exception as exc:
+                    self._close_error = exc
+                finally:
+                    self._closer = None
+            self._closer = None
             if self._pending:
-                self._idle.wait(max(0.0, deadline - time.monotonic()))
-        # Let the writer flush what is queued, then stop it.
-        self._wake_writer.set()
-        writer = self._greenlets[1] if len(self._greenlets) > 1 else None
-        if writer is not None:
-            writer.join(max(0.0, deadline - time.monotonic()))
-        self._shutdown(ConnectionClosed("link closed by us"), failed=False)
+                self._idle.clear()
+                if self._pending:
+                    self._idle.wait(max(0.0, deadline - time.monotonic()))
+            # Let the writer flush what is queued (replies, a last frame) before the socket goes.
+            if self._state == CLOSING:
+                self._flushed.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            self._shutdown(ConnectionClosed("link closed by us"), failed=False)
         if self._close_error is not None:
             raise errors.GevisoError(f"on_close raised {type(self._close_error).__name__}") from self._close_error
 

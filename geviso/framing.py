@@ -6,13 +6,15 @@ a :class:`FrameDecoder`, an incremental decoder that takes chunks of any size (o
 or many frames at once) and returns every complete frame in them.
 
 Write your own framing by subclassing :class:`Framing` and implementing
-:meth:`~Framing.pack_length` and :meth:`~Framing.unpack_length`.
+:meth:`~Framing.pack_length` and :meth:`~Framing.unpack_length` (and, for a protocol
+with session-control frames, :meth:`~Framing.is_control`).
 """
 
 from __future__ import annotations
 
+import string
 import struct
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from .errors import ConfigurationError, FramingError
 
@@ -34,6 +36,8 @@ class Framing:
     name = "custom"
     #: Largest length the header itself can express.
     header_limit = 2**31
+    #: True when :meth:`is_control` must be asked about every header (VMLH).
+    has_control = False
 
     def __init__(
         self,
@@ -60,11 +64,17 @@ class Framing:
         raise NotImplementedError
 
     def unpack_length(self, header: bytes) -> int:
-        """The length in a header; raise :class:`FramingError` if it is garbage.
-
-        Return -1 for a session-control frame that carries no message (see vmlh).
-        """
+        """The length in a header; raise :class:`FramingError` if it is garbage."""
         raise NotImplementedError
+
+    def is_control(self, header: bytes) -> bool:
+        """True for a session-control frame (a keep-alive): its body, if any, is skipped
+        and never decoded as a message. Only asked when :attr:`has_control` is set."""
+        return False
+
+    def length_at(self, buffer: Union[bytes, bytearray], pos: int) -> int:
+        """The length in the header that starts at ``buffer[pos]`` (override to avoid a copy)."""
+        return self.unpack_length(bytes(buffer[pos : pos + self.header_size]))
 
     # -- shared machinery ----------------------------------------------------------
     def encode(self, payload: bytes, *, tpdu: Optional[bytes] = None) -> bytes:
@@ -98,16 +108,19 @@ class FrameDecoder:
     """Splits a byte stream into frame payloads; holds only the incomplete tail.
 
     Zero-length and session-control frames are counted in :attr:`keepalives` and never
-    returned, so they cannot reach the codec.
+    returned, so they cannot reach the codec. After a bad header, :attr:`error` holds the
+    :class:`FramingError`: the frames before it are still returned once, and every later
+    :meth:`feed` raises it (the stream cannot be resynchronised).
     """
 
-    __slots__ = ("_framing", "_buffer", "keepalives", "last_tpdu")
+    __slots__ = ("_framing", "_buffer", "keepalives", "last_tpdu", "error")
 
     def __init__(self, framing: Framing) -> None:
         self._framing = framing
         self._buffer = bytearray()
         self.keepalives = 0
         self.last_tpdu: Optional[bytes] = None
+        self.error: Optional[FramingError] = None
 
     @property
     def buffered(self) -> int:
@@ -117,44 +130,53 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data`` and return the payloads of every frame now complete.
 
-        Raises :class:`FramingError` on a garbage or oversized header; the stream
-        cannot be resynchronised after that, so the link must be failed.
+        Raises :class:`FramingError` on a garbage or oversized header (unless frames
+        came before it in this chunk: then see :attr:`error`). The stream cannot be
+        resynchronised after that, so the link must be failed.
         """
+        if self.error is not None:
+            raise self.error
         framing = self._framing
         buf = self._buffer
         buf += data
         size = len(buf)
         hsize = framing.header_size
-        unpack = framing.unpack_length
+        length_at = framing.length_at
+        control_check = framing.is_control if framing.has_control else None
         max_length = framing.max_length
         adjust = hsize if framing.include_header else 0
         tpdu = framing.tpdu is not None
         frames: list[bytes] = []
         pos = 0
-        while size - pos >= hsize:
-            length = unpack(bytes(buf[pos : pos + hsize]))
-            control = length < 0
-            if control:
-                length = 0
-            elif adjust:
-                length -= adjust
-                if length < 0:
-                    raise FramingError("length header smaller than the header itself")
-            if length > max_length:
-                raise FramingError(f"length header says {length} bytes, over the maximum of {max_length}")
-            end = pos + hsize + length
-            if end > size:
-                break
-            if length == 0:
-                self.keepalives += 1
-            elif tpdu:
-                if length < TPDU_SIZE:
-                    raise FramingError("frame shorter than its TPDU")
-                self.last_tpdu = bytes(buf[pos + hsize : pos + hsize + TPDU_SIZE])
-                frames.append(bytes(buf[pos + hsize + TPDU_SIZE : end]))
-            else:
-                frames.append(bytes(buf[pos + hsize : end]))
-            pos = end
+        try:
+            while size - pos >= hsize:
+                length = length_at(buf, pos)
+                control = control_check is not None and control_check(bytes(buf[pos : pos + hsize]))
+                if adjust:
+                    length -= adjust
+                    if length < 0:
+                        raise FramingError("length header smaller than the header itself")
+                if length > max_length or length < 0:
+                    raise FramingError(f"length header says {length} bytes, outside 0..{max_length}")
+                end = pos + hsize + length
+                if end > size:
+                    break
+                if length == 0 or control:
+                    self.keepalives += 1
+                elif tpdu:
+                    if length < TPDU_SIZE:
+                        raise FramingError("frame shorter than its TPDU")
+                    self.last_tpdu = bytes(buf[pos + hsize : pos + hsize + TPDU_SIZE])
+                    frames.append(bytes(buf[pos + hsize + TPDU_SIZE : end]))
+                else:
+                    frames.append(bytes(buf[pos + hsize : end]))
+                pos = end
+        except FramingError as exc:
+            self.error = exc
+            del buf[:]
+            if not frames:
+                raise
+            return frames
         if pos:
             del buf[:pos]
         return frames
@@ -178,6 +200,9 @@ class BinaryFraming(Framing):
 
     def unpack_length(self, header: bytes) -> int:
         return int(self._struct.unpack(header)[0])
+
+    def length_at(self, buffer: Union[bytes, bytearray], pos: int) -> int:
+        return int(self._struct.unpack_from(buffer, pos)[0])
 
 
 class AsciiFraming(Framing):
@@ -209,10 +234,11 @@ class HexFraming(Framing):
         return b"%0*X" % (self.header_size, length)
 
     def unpack_length(self, header: bytes) -> int:
-        try:
-            return int(header.decode("ascii"), 16)
-        except (UnicodeDecodeError, ValueError):
-            raise FramingError("length header is not hexadecimal") from None
+        # int(x, 16) alone would take "-001", "0x1F", " 1f" or "1_0": check every character.
+        text = header.decode("latin-1")
+        if not all(c in string.hexdigits for c in text):
+            raise FramingError("length header is not hexadecimal")
+        return int(text, 16)
 
 
 class BcdFraming(Framing):
@@ -237,11 +263,13 @@ class VmlhFraming(Framing):
     """Visa: 2-byte big-endian length, 2 reserved bytes, at most 2048 bytes.
 
     A frame whose fourth header byte has high nibble 2 is session control (a
-    keep-alive); it is counted and skipped, never decoded as a message.
+    keep-alive, usually with no body); it is counted and skipped, body and all, and
+    never decoded as a message.
     """
 
     name = "vmlh"
     header_limit = 2048
+    has_control = True
 
     def __init__(self, **options: object) -> None:
         options.setdefault("max_length", 2048)
@@ -251,12 +279,13 @@ class VmlhFraming(Framing):
         return struct.pack(">HH", length, 0)
 
     def unpack_length(self, header: bytes) -> int:
-        length = (header[0] << 8) | header[1]
-        if header[3] >> 4 == 2:
-            if length:
-                raise FramingError("session control frame with a body")
-            return -1
-        return length
+        return (header[0] << 8) | header[1]
+
+    def length_at(self, buffer: Union[bytes, bytearray], pos: int) -> int:
+        return (buffer[pos] << 8) | buffer[pos + 1]
+
+    def is_control(self, header: bytes) -> bool:
+        return header[3] >> 4 == 2
 
     def keepalive(self) -> bytes:
         return b"\x00\x00\x00\x20"

@@ -114,3 +114,92 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
             gevent.sleep(0.01)
         return True
     return bool(predicate())
+
+
+class RawPeer:
+    """A loopback TCP peer that hands each accepted socket to ``handle(sock)``: for
+    bytes no Connection would send (garbage headers, stalls, abrupt closes)."""
+
+    def __init__(self, handle: Callable[[Any], None]) -> None:
+        self.handle = handle
+        self.socks: list[Any] = []
+        self.server = gevent.server.StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.server.server_port)
+
+    def _handle(self, sock: Any, address: Any) -> None:
+        self.socks.append(sock)
+        self.handle(sock)
+
+    def stop(self) -> None:
+        self.server.stop(timeout=1)
+        for sock in self.socks:
+            sock.close()
+
+
+@pytest.fixture
+def raw_peer() -> Iterator[Callable[[Callable[[Any], None]], RawPeer]]:
+    """``raw_peer(handle)`` starts a :class:`RawPeer`; all are stopped after the test."""
+    peers: list[RawPeer] = []
+
+    def start(handle: Callable[[Any], None]) -> RawPeer:
+        peer = RawPeer(handle)
+        peers.append(peer)
+        return peer
+
+    yield start
+    for peer in peers:
+        peer.stop()
+
+
+class Held:
+    """An EchoHost ``answer`` that holds every request until the test answers it."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[geviso.Connection, dict[str, str]]] = []
+
+    def __call__(self, conn: geviso.Connection, doc: dict[str, str]) -> None:
+        self.items.append((conn, doc))
+
+    def release(self, *, reverse: bool = False, **fields: str) -> int:
+        """Answer every held request (last first with ``reverse``); how many were answered."""
+        items, self.items = self.items, []
+        for conn, doc in reversed(items) if reverse else items:
+            conn.reply(respond(doc, **fields))
+        return len(items)
+
+
+@pytest.fixture
+def held(echo_host: EchoHost) -> Held:
+    """Make ``echo_host`` hold requests until ``held.release()``."""
+    holder = Held()
+    echo_host.answer = holder
+    return holder
+
+
+def loops_ended(conn: geviso.Connection, timeout: float = 5.0) -> bool:
+    """True once the reader, writer and timer greenlets of ``conn`` have all ended."""
+    return wait_until(lambda: all(g.dead for g in conn._greenlets), timeout)
+
+
+@pytest.fixture
+def links() -> Iterator[Callable[..., geviso.Connection]]:
+    """``links(address, connect=True, **options)``: a client Connection (default spec,
+    5 s send timeout) failed at teardown if still open; its loops must have ended."""
+    made: list[geviso.Connection] = []
+
+    def make(address: Any, connect: bool = True, spec: Any = default_spec, **options: Any) -> geviso.Connection:
+        options.setdefault("send_timeout", 5.0)
+        conn = geviso.Connection(address, spec, **options)
+        made.append(conn)
+        return conn.connect() if connect else conn
+
+    yield make
+    for conn in made:
+        if conn.state not in ("new", "closed"):
+            conn.fail("test over")
+    for conn in made:
+        assert loops_ended(conn), f"{conn!r} left greenlets running"
