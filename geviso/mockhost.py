@@ -176,6 +176,7 @@ class MockHost(Server):
             raise ConfigurationError("echo_interval must be positive seconds")
         self.rules = _rule_set(rules)
         spec = spec if spec is not None else default_spec
+        server_options.setdefault("inline_inbound", True)  # _answer never blocks
         super().__init__(address, spec, on_inbound=self._answer, **server_options)
         self.response_code = response_code
         self.network_codes = dict(NETWORK_CODES if network_codes is None else network_codes)

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Optional
 
 import gevent
+import gevent.event
 import gevent.server
 from gevent import socket
 
@@ -97,6 +98,8 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         )
         self._links: dict[Connection, float] = {}  # link -> monotonic time it opened
         self._handshakes: set[gevent.Greenlet] = set()
+        self._no_links = gevent.event.Event()  # set whenever _links is empty
+        self._no_links.set()
         self._stopping = False
 
     # -- what users read ----------------------------------------------------------------
@@ -143,8 +146,9 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
             current = gevent.getcurrent()
             self._handshakes.add(current)
             try:
+                sock = tls_wrap(sock, self.tls, server_side=True, handshake=False)
                 with gevent.Timeout(self.handshake_timeout, ConnectFailed(f"TLS handshake with {peer} timed out")):
-                    sock = tls_wrap(sock, self.tls, server_side=True)
+                    sock.do_handshake()
             except ConnectFailed as exc:
                 sock.close()
                 self._report(exc)
@@ -155,6 +159,9 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
                 err.__cause__ = exc
                 self._report(err)
                 return
+            except BaseException:  # killed by stop()
+                sock.close()
+                raise
             finally:
                 self._handshakes.discard(current)
             if self._stopping:
@@ -162,6 +169,7 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
                 return
         conn = Connection.from_socket(sock, self.spec, **self._options)
         self._links[conn] = time.monotonic()
+        self._no_links.clear()
         self.totals.track(conn)
         log.debug("link from %s open", peer)
 
@@ -171,6 +179,8 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
     # -- links ----------------------------------------------------------------------------
     def _link_closed(self, conn: Connection) -> None:
         opened = self._links.pop(conn, None)
+        if not self._links:
+            self._no_links.set()
         s = conn.stats
         how = f"failed ({type(conn.failure).__name__})" if conn.failure is not None else "closed"
         age = time.monotonic() - opened if opened is not None else 0.0
@@ -216,6 +226,8 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
             if conn.state != "closed":
                 conn.fail("server stopped")
         gevent.killall(closers, block=False)
+        # Let every link's on_closed (its log line, the user's handler) run before we return.
+        self._no_links.wait(max(0.0, deadline - time.monotonic()))
 
     def _before_links_close(self, deadline: float) -> None:
         """Hook: work to finish before the links close (MockHost's delayed answers)."""

@@ -65,12 +65,15 @@ def wrap(
     *,
     server_side: bool = False,
     server_hostname: Optional[str] = None,
+    handshake: bool = True,
 ) -> Any:
     """Wrap a gevent socket cooperatively with any ``SSLContext``, stdlib or gevent,
-    and complete the handshake."""
+    and complete the handshake (with ``handshake=False``, call ``do_handshake()`` on the
+    result: the raw socket belongs to the result from now on, close that one)."""
     return gevent_ssl.SSLSocket(
         sock=sock,
         server_side=server_side,
         server_hostname=None if server_side else server_hostname,
+        do_handshake_on_connect=handshake,
         _context=context,
     )
