@@ -558,7 +558,8 @@ class Connection:
                 stats.matched += 1
                 return
             stats.unmatched += 1
-            if resp_key in self._timed_out:
+            late = resp_key in self._timed_out
+            if late:
                 del self._timed_out[resp_key]
                 stats.late += 1
         else:
@@ -569,7 +570,10 @@ class Connection:
             else:
                 self._inbound_pool.spawn(self._run_handler, self.on_inbound, self, doc)
         elif is_response(mti):
-            self._report(errors.RemoteProtocolError(f"unmatched response {masking.describe(doc)}"))
+            if late and self.on_error is None:  # counted in stats.late; no log line per message
+                log.debug("late response %s on %s", masking.describe(doc), self)
+            else:
+                self._report(errors.RemoteProtocolError(f"unmatched response {masking.describe(doc)}"))
         else:
             self._report(errors.RemoteProtocolError(f"unhandled request {masking.describe(doc)} (no on_inbound)"))
 

@@ -87,3 +87,22 @@ def test_nothing_is_logged_per_message_at_production_levels(echo_host, caplog, l
         for _ in range(50):
             conn.send({"t": "0800", "70": "301"})
         assert len(caplog.records) == before
+
+
+def test_late_responses_are_counted_not_logged_above_debug(echo_host, caplog):
+    def answer_late(conn, doc):
+        gevent.sleep(0.2)
+        conn.reply({k: v for k, v in doc.items() if k not in ("p", "1")} | {"t": "0810", "39": "00"})
+
+    echo_host.answer = answer_late
+    caplog.set_level(logging.DEBUG, logger="geviso")
+    with geviso.Connection(echo_host.address, spec, send_timeout=5) as conn:
+        jobs = [gevent.spawn(conn.send, {"t": "0800", "70": "301"}, timeout=0.05) for _ in range(20)]
+        gevent.joinall(jobs)
+        assert all(isinstance(job.exception, geviso.SendTimeout) for job in jobs)
+        deadline = 5.0
+        with gevent.Timeout(deadline):
+            while conn.stats.late < 20:
+                gevent.sleep(0.01)
+    assert [r for r in caplog.records if r.levelno > logging.INFO] == []
+    assert sum("late response" in r.getMessage() for r in caplog.records) == 20
