@@ -25,7 +25,8 @@ ECHO: Mapping[str, str] = {"t": "0800", "70": "301"}
 
 def echo(conn: Any, timeout: Optional[float] = None, *, doc: Optional[Mapping[str, str]] = None) -> bool:
     """Send an echo (``doc``, default :data:`ECHO`) and fail ``conn`` if it gets no answer
-    within ``timeout`` (default: the connection's ``send_timeout``).
+    within ``timeout`` (default: the connection's ``send_timeout``); the
+    :class:`SendTimeout` goes to the link's ``on_error`` once, so a dropped link is reported.
 
     True when the host answered (whatever its response code: the link is alive).
     """
@@ -35,6 +36,12 @@ def echo(conn: Any, timeout: Optional[float] = None, *, doc: Optional[Mapping[st
         conn.send(dict(doc if doc is not None else ECHO), timeout=timeout)
     except SendTimeout as exc:
         log.warning("no echo answer on %s: failing the link", conn)
+        report = getattr(conn, "on_error", None)
+        if report is not None:
+            try:
+                report(exc)
+            except Exception as handler_exc:  # noqa: BLE001 - a report must not stop the fail
+                log.error("on_error handler of %s failed: %s", conn, type(handler_exc).__name__)
         conn.fail(exc)
         return False
     except ConnectionClosed:
