@@ -106,3 +106,17 @@ def test_late_responses_are_counted_not_logged_above_debug(echo_host, caplog):
                 gevent.sleep(0.01)
     assert [r for r in caplog.records if r.levelno > logging.INFO] == []
     assert sum("late response" in r.getMessage() for r in caplog.records) == 20
+
+
+def test_pool_and_mock_host_log_link_events_only(caplog):
+    caplog.set_level(logging.INFO, logger="geviso")
+    with geviso.MockHost(("127.0.0.1", 0), spec) as host:
+        pool = geviso.Pool(lambda a: geviso.Connection(a, spec, send_timeout=5), [host.address, host.address])
+        with pool.connect():
+            opened = len(caplog.records)
+            jobs = [gevent.spawn(pool.send, card_request()) for _ in range(200)]
+            gevent.joinall(jobs, raise_error=True)
+            assert len(caplog.records) == opened  # 200 messages, not one line at INFO
+    names = {r.name for r in caplog.records}
+    assert {"geviso.pool", "geviso.connection", "geviso.server"} <= names
+    assert PAN not in _messages(caplog)
