@@ -518,8 +518,12 @@ class Connection:
                 if not data:
                     self._peer_closed()
                     return
-                self._last_read = time.monotonic()
-                for payload in decoder.feed(data):
+                payloads = decoder.feed(data)
+                if payloads or decoder.keepalives != self.stats.keepalives:
+                    # A whole message or keep-alive is a sign of life, a byte is not (moov's
+                    # read timeout): a peer trickling a frame (slowloris) still times out.
+                    self._last_read = time.monotonic()
+                for payload in payloads:
                     self._handle_frame(payload)
                 self.stats.keepalives = decoder.keepalives
                 if decoder.error is not None:  # frames before a bad header were delivered first
@@ -698,6 +702,9 @@ class Connection:
             return
         lost_work = bool(self._pending)
         log.info("link %s closed by peer", self)
+        unread = self._decoder.buffered
+        if unread:
+            self._report(errors.RemoteProtocolError(f"peer closed the link in the middle of a frame ({unread} bytes)"))
         exc = ConnectionClosed("link closed by peer")
         if lost_work or self._state == NEW:
             self._fail(exc)
