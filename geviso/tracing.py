@@ -51,9 +51,11 @@ class CallbackListener:
         self.on_request_end = on_request_end
 
     def request_start(self, conn: Connection, request: Mapping[str, str]) -> Any:
+        """Call ``on_request_start``; its result is the token."""
         return self.on_request_start(conn, request) if self.on_request_start is not None else None
 
     def request_end(self, token: Any, response: Optional[Message], error: Optional[BaseException]) -> None:
+        """Call ``on_request_end``."""
         if self.on_request_end is not None:
             self.on_request_end(token, response, error)
 
