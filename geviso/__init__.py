@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from . import codec, errors, framing, keys, masking, metrics, stan, tls
+from . import codec, errors, framing, keys, masking, metrics, stan, tls, tracing
 from .connection import Connection
 from .errors import (
     ConfigurationError,
@@ -65,4 +65,5 @@ __all__ = [
     "metrics",
     "stan",
     "tls",
+    "tracing",
 ]
