@@ -21,7 +21,7 @@ from gevent import socket
 
 from .codec import Spec, codec_for
 from .connection import Address, Connection, parse_address
-from .errors import ConnectFailed, GevisoError, TooManyConnections
+from .errors import ConfigurationError, ConnectFailed, GevisoError, TooManyConnections
 from .framing import Framing, binary
 from .metrics import LinkStats, Totals
 from .tls import wrap as tls_wrap
@@ -70,9 +70,7 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         **connection_options: Any,
     ) -> None:
         if max_connections < 1:
-            raise GevisoError("max_connections must be at least 1")
-        if "tls" in connection_options:  # pragma: no cover - tls is a named argument
-            raise GevisoError("tls is the server's context")
+            raise ConfigurationError("max_connections must be at least 1")
         super().__init__(parse_address(address), backlog=backlog)
         self.spec = spec
         self.framing = framing if framing is not None else binary(2)
@@ -124,6 +122,11 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         return f"<geviso.Server {_peer(self.address)} links={len(self.connections)}>"
 
     # -- starting -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind (unless given a socket) and start accepting links."""
+        self._stopping = False
+        super().start()
+
     def init_socket(self) -> None:
         """Bind the listener ourselves when ``SO_REUSEPORT`` is asked for."""
         if self.reuse_port and not hasattr(self, "socket"):

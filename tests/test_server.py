@@ -247,3 +247,17 @@ def test_a_client_that_never_handshakes_is_dropped_after_the_handshake_timeout(s
         assert raw.recv(10) == b""  # the host closed it
     finally:
         raw.close()
+
+
+def test_a_stopped_server_starts_again_on_the_same_port():
+    server = geviso.Server(("127.0.0.1", 0), spec, on_inbound=answer)
+    server.start()
+    port = server.address[1]
+    server.stop(timeout=1)
+    server.start()
+    try:
+        assert server.address[1] == port
+        with geviso.Connection(server.address, spec, send_timeout=5) as conn:
+            assert conn.send({"t": "0800", "70": "301"})["39"] == "00"
+    finally:
+        server.stop(timeout=1)
