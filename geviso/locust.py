@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import logging
 import random
+import sys
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,7 +46,7 @@ _random = random.Random()
 #: The ``request_type`` of every request geviso reports to Locust.
 REQUEST_TYPE = "ISO8583"
 #: The failure of a request whose user Locust stopped before the answer came.
-INTERRUPTED = "user stopped before the answer (use --stop-timeout to let requests finish)"
+INTERRUPTED = "the user was stopped before the answer came"
 #: Field 70 network management codes.
 SIGN_ON, SIGN_OFF, ECHO = "001", "002", "301"
 
@@ -307,15 +308,16 @@ class Links:
     def _sign_on(self, conn: Connection) -> None:
         """``on_connect``: 0800/001, reported to Locust as "0800 sign-on"."""
         doc = {"t": "0800", "7": transmission_datetime(), "11": self.stan.next(), "70": SIGN_ON}
+        context = {"stan": doc["11"]}
         started = time.perf_counter()
         try:
             response = conn.send(doc, timeout=self.settings.timeout)
         except errors.GevisoError as exc:
-            _fire(self.environment, "0800 sign-on", started, self.codec, None, exc)
+            _fire(self.environment, "0800 sign-on", started, self.codec, None, exc, context)
             raise
         code = response.get("39", "")
         failure = None if code == "00" else errors.Declined(code)
-        _fire(self.environment, "0800 sign-on", started, self.codec, response, failure)
+        _fire(self.environment, "0800 sign-on", started, self.codec, response, failure, context)
         if failure is not None:
             raise failure
         conn.status = "online"
@@ -631,7 +633,7 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
         return
     host = start_mock_host(environment, bind=option(environment, "iso_mock_bind"))
     h, p = host.address
-    print(f"geviso: embedded mock host listening on tcp://{h}:{p}", flush=True)
+    print(f"geviso: embedded mock host listening on tcp://{h}:{p}", file=sys.stderr, flush=True)
 
 
 def _on_quitting(environment: Environment, **_: Any) -> None:

@@ -1,0 +1,287 @@
+"""Locust runs for real: as a library (Environment and a local runner, a few seconds) and
+once as ``locust --headless --processes 2``. Requests are counted under the right names,
+failures as failures, and the mock host received exactly what Locust counted.
+
+Locust monkey-patches the standard library when imported, which would change every
+other test of this session; geviso needs no patching (it uses gevent's sockets), so
+this module turns it off for the in-process runs. The subprocess run is patched as usual.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LOCUST_SKIP_MONKEY_PATCH", "1")
+
+import gevent  # noqa: E402
+import pytest  # noqa: E402
+from conftest import wait_until  # noqa: E402
+from locust import User, constant, task  # noqa: E402
+from locust.argument_parser import parse_locustfile_paths  # noqa: E402
+from locust.env import Environment  # noqa: E402
+from locust.event import Events  # noqa: E402
+from locust.main import merge_locustfiles_content  # noqa: E402
+
+import geviso  # noqa: E402
+from geviso import locust as gl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADTESTS = ROOT / "loadtests"
+BIN = Path(sys.executable).parent
+TEST_BIN_PREFIXES = ("411111", "401288", "555555", "510510", "222300", "378282", "601111", "353011", "4000")
+#: A run of digits long enough to be a PAN, starting with a test BIN: must never be logged.
+FULL_PAN = re.compile(r"(?<!\d)(?:%s)\d{7,13}(?!\d)" % "|".join(TEST_BIN_PREFIXES))
+
+
+def scenario_classes() -> dict[str, type[User]]:
+    """The User classes ``locust -f loadtests`` picks up, loaded the way Locust loads them."""
+    user_classes, _, _, _ = merge_locustfiles_content(parse_locustfile_paths([str(LOADTESTS)]))
+    return user_classes
+
+
+def run(env: Environment, users: int, seconds: float) -> None:
+    """Start ``users`` at once, let them run, stop (test_stop closes the links)."""
+    runner = env.create_local_runner()
+    runner.start(users, spawn_rate=1000)
+    gevent.sleep(seconds)
+    runner.quit()
+
+
+def entries(env: Environment) -> dict[str, Any]:
+    return {name: entry for (name, method), entry in env.stats.entries.items() if method == gl.REQUEST_TYPE}
+
+
+def unexpected_failures(env: Environment) -> list[str]:
+    """Failures other than requests whose user Locust killed as the run stopped (Locust
+    kills a waiting user, and one whose wait just ended may be mid-request by then)."""
+    errors = [str(e.error) for e in env.stats.errors.values()]
+    return [e for e in errors if gl.INTERRUPTED not in e]
+
+
+# -- test data ----------------------------------------------------------------------------
+def test_luhn_accepts_published_test_cards_and_made_pans_are_valid() -> None:
+    for pan in ("4111111111111111", "378282246310005", "5555555555554444", "6011111111111117"):
+        assert gl.luhn_valid(pan)
+    assert not gl.luhn_valid("4111111111111112")
+    for length in (15, 16, 19):
+        pan = gl.make_pan("411111", length)
+        assert len(pan) == length and pan.startswith("411111") and gl.luhn_valid(pan)
+
+
+def test_field_7_rrn_and_original_data_formats() -> None:
+    moment = datetime.datetime(2024, 2, 29, 23, 59, 58, tzinfo=datetime.timezone(datetime.timedelta(hours=-5)))
+    assert gl.transmission_datetime(moment) == "0301045958"  # UTC, MMDDhhmmss
+    rrn = gl.RrnGenerator(node=3)
+    refs = [rrn.next(moment) for _ in range(1000)]
+    assert all(len(r) == 12 and r.isdigit() for r in refs) and len(set(refs)) == 1000
+    assert refs[0] == "4060" + "3" + "0000000"  # 2024 -> 4, day 60, node 3, counter
+    assert len(gl.original_data("0100", "000042", "0301045958", "412345")) == 42
+
+
+# -- loading --------------------------------------------------------------------------------
+def test_locust_picks_up_each_scenario_once_and_no_abstract_user() -> None:
+    classes = scenario_classes()
+    assert set(classes) == {"PurchaseUser", "AuthCompletionUser", "ReversalUser", "EchoUser"}
+    assert all(issubclass(c, gl.ISO8583User) and not c.abstract for c in classes.values())
+
+
+# -- library runs ---------------------------------------------------------------------------
+def test_mixed_scenario_counts_every_request_and_the_host_received_them_all(caplog: Any) -> None:
+    caplog.set_level("DEBUG", logger="geviso")
+    contexts: list[dict[str, Any]] = []
+    env = Environment(user_classes=list(scenario_classes().values()), events=Events(), stop_timeout=3.0)
+    env.events.request.add_listener(lambda context, **kw: contexts.append(context))
+    host = gl.start_mock_host(env)
+    assert env.host == "tcp://%s:%d" % host.address
+    run(env, users=20, seconds=3.0)
+    gl.stop_mock_host(env)
+
+    stats = entries(env)
+    assert {
+        "0200 purchase",
+        "0100 authorization",
+        "0220 completion",
+        "0100 slow issuer",
+        "0400 reversal",
+        "0800 echo",
+        "0800 sign-on",
+    } <= set(stats)
+    total = env.stats.total
+    # Nothing lost: each request Locust counted reached the host, and nothing else did.
+    assert host.stats.received == total.num_requests
+    # Two shared links for the whole process, each signed on once.
+    assert host.stats.accepted == 2 and stats["0800 sign-on"].num_requests == 2
+    interrupted = sum(e.occurrences for e in env.stats.errors.values() if gl.INTERRUPTED in str(e.error))
+    slow = stats["0100 slow issuer"]
+    # Each slow authorization timed out (a failure) and was reversed.
+    assert slow.num_failures == slow.num_requests > 0
+    assert stats["0400 reversal"].num_failures == 0
+    assert stats["0400 reversal"].num_requests >= slow.num_requests - interrupted - 1
+    assert total.num_failures <= slow.num_failures + interrupted
+    # Response codes travel in the context; declines are not failures for these users.
+    codes = {c.get("response_code") for c in contexts}
+    assert "00" in codes and all(c.get("response_code") != "00" or c.get("response_mti") for c in contexts)
+    assert not [r.getMessage() for r in caplog.records if FULL_PAN.search(r.getMessage())]
+
+
+class _Cards(gl.ISO8583User):
+    abstract = True
+    wait_time = constant(0.01)
+    mock_rules = [{"match": {"pan_prefix": "400002"}, "code": "05"}]
+
+    def on_start(self) -> None:
+        self.n = 0
+
+    @task
+    def purchase(self) -> None:
+        self.n += 1
+        pan = "4000020000000000" if self.n % 2 else "4111111111111111"
+        doc = {"t": "0200", "2": pan, "3": "000000", "4": "000000001000", "41": "TERM0001", "42": "M00000000000001"}
+        self.client.send(doc)
+
+
+class StrictUser(_Cards):
+    declines_fail = True
+
+    def context(self) -> dict[str, str]:
+        return {"who": "strict"}
+
+
+class LenientUser(_Cards):
+    def context(self) -> dict[str, str]:
+        return {"who": "lenient"}
+
+
+def test_declines_are_failures_only_for_users_that_ask() -> None:
+    codes: dict[str, list[str]] = {"strict": [], "lenient": []}
+    failures: list[Any] = []
+
+    def on_request(name: str, context: dict[str, Any], exception: Any, **kw: Any) -> None:
+        if name == "0200" and "response_code" in context:  # answered (not stopped mid-request)
+            codes[context["who"]].append(context["response_code"])
+        if exception is not None:
+            failures.append(exception)
+
+    env = Environment(user_classes=[StrictUser, LenientUser], events=Events(), stop_timeout=2.0)
+    env.events.request.add_listener(on_request)
+    host = gl.start_mock_host(env)
+    run(env, users=4, seconds=1.0)
+    gl.stop_mock_host(env)
+
+    strict, lenient = codes["strict"], codes["lenient"]
+    assert "05" in strict and "00" in strict and "05" in lenient and "00" in lenient
+    entry = entries(env)["0200"]  # default name: the MTI
+    declined = [e for e in failures if isinstance(e, geviso.errors.Declined)]
+    assert len(declined) == strict.count("05") and all(e.code == "05" for e in declined)
+    assert all(gl.INTERRUPTED in str(e) for e in failures if e not in declined)
+    assert entry.num_failures == len(failures)
+    assert host.stats.codes["05"] == strict.count("05") + lenient.count("05")
+    assert host.stats.received == env.stats.total.num_requests
+
+
+class PerUserLink(gl.ISO8583User):
+    link_per_user = True
+    wait_time = constant(0.05)
+
+    @task
+    def echo(self) -> None:
+        self.client.send({"t": "0800", "7": gl.transmission_datetime(), "70": gl.ECHO}, name="echo")
+
+
+def test_one_link_per_user_by_option_and_links_close_at_test_stop() -> None:
+    env = Environment(user_classes=[PerUserLink], events=Events(), stop_timeout=2.0)
+    host = gl.start_mock_host(env)
+    run(env, users=3, seconds=1.0)
+    assert wait_until(lambda: not host.connections)  # closed at test_stop
+    gl.stop_mock_host(env)
+    assert host.stats.accepted == 3
+    stats = entries(env)
+    assert stats["0800 sign-on"].num_requests == 3 and stats["echo"].num_requests > 3
+    assert not unexpected_failures(env)
+    assert host.stats.received == env.stats.total.num_requests
+
+
+def test_shared_links_follow_iso_connections_and_tls_host(certs: Any) -> None:
+    tls = geviso.tls.server_context(certfile=certs.server_cert, keyfile=certs.server_key)
+    host = geviso.MockHost(("127.0.0.1", 0), tls=tls)
+    host.start()
+    try:
+        options = Namespace(iso_connections=3, iso_ca=certs.ca, iso_timeout=2.0)
+        env = Environment(
+            user_classes=[LenientUser],
+            events=Events(),
+            parsed_options=options,
+            host="tls://127.0.0.1:%d" % host.address[1],
+            stop_timeout=2.0,
+        )
+        run(env, users=6, seconds=1.0)
+        assert host.stats.accepted == 3
+        assert entries(env)["0800 sign-on"].num_requests == 3
+        assert env.stats.total.num_requests > 20 and not unexpected_failures(env)
+    finally:
+        host.stop(timeout=2)
+
+
+def test_thresholds_set_the_exit_code() -> None:
+    env = Environment(events=Events(), parsed_options=Namespace(iso_max_failure_ratio=0.1, iso_max_p99_ms=500))
+    env.create_local_runner()
+    for ms in range(100):
+        env.stats.log_request(gl.REQUEST_TYPE, "0200", ms, 40)
+    gl._on_quitting(env)
+    assert env.process_exit_code == 0
+    for _ in range(20):
+        env.stats.log_request(gl.REQUEST_TYPE, "0200", 900, 0)
+        env.stats.log_error(gl.REQUEST_TYPE, "0200", "SendTimeout")
+    assert len(gl.threshold_failures(env)) == 2
+    gl._on_quitting(env)
+    assert env.process_exit_code == 1
+
+
+# -- the command line, distributed --------------------------------------------------------
+def _json_arrays(text: str) -> list[list[dict[str, Any]]]:
+    decoder = json.JSONDecoder()
+    found, pos = [], 0
+    while (start := text.find("[", pos)) >= 0:
+        try:
+            obj, pos = decoder.raw_decode(text, start)
+            found.append(obj)
+        except ValueError:
+            pos = start + 1
+    return found
+
+
+def test_headless_processes_2_share_one_mock_host_and_lose_nothing() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"}
+    args = "-f loadtests --headless --processes 2 -u 10 -r 10 -t 4s --json --iso-max-failure-ratio 0.5"
+    cmd = [str(BIN / "locust"), *args.split()]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=45)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The master's stats are the non-empty JSON array (each worker prints an empty one).
+    stats = {e["name"]: e for e in max(_json_arrays(proc.stdout), key=len)}
+    assert {"0200 purchase", "0100 authorization", "0220 completion", "0800 sign-on"} <= set(stats)
+    assert all(e["method"] == "ISO8583" for e in stats.values())
+    assert stats["0800 sign-on"]["num_requests"] == 4  # 2 workers x 2 shared links
+    if "0100 slow issuer" in stats:
+        assert stats["0100 slow issuer"]["num_failures"] == stats["0100 slow issuer"]["num_requests"]
+    assert proc.stderr.count("embedded mock host listening") == 2  # one host: a log line and a print
+    line = re.search(r"embedded mock host stopped: (.*)", proc.stderr)
+    assert line, proc.stderr[-3000:]
+    host = dict(kv.split("=", 1) for kv in line.group(1).split())
+    assert int(host["accepted"]) == 4
+    assert int(host["received"]) == sum(e["num_requests"] for e in stats.values())
+    assert not FULL_PAN.search(proc.stderr) and not FULL_PAN.search(proc.stdout)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_hosts() -> Any:
+    yield
+    for env in list(gl._mock_hosts):
+        gl.stop_mock_host(env, drain=0)
