@@ -246,7 +246,7 @@ def test_pool_and_server_stats_count_every_link_they_ever_had():
             assert stats["by_outcome"] == {"0800:ok": 5, "0200:ok": 3}
             data = snapshot(pool, extra=("is_up", "is_degraded"))
             assert data["matched"] == 8 and data["reconnects"] == 1
-            assert data["connections"] == {"open": 1} and data["is_up"] is True
+            assert data["connections"] == {"up": 1} and data["is_up"] is True
             registry = prometheus_client.CollectorRegistry()
             geviso_prometheus.register(pool, "pool", registry=registry)
             geviso_prometheus.register(host, "host", registry=registry)

@@ -256,11 +256,19 @@ def in_flight(obj: Any) -> int:
 
 
 def connection_states(obj: Any) -> dict[str, int]:
-    """How many links of a connection, pool or server are in each state."""
+    """How many links of a connection, pool or server are in each state: a link's
+    ``state`` (``open``, ``closed``...), or for a pool each address's (``up``,
+    ``connecting``, ``waiting`` to reconnect, ``closed``)."""
     state = getattr(obj, "state", None)
     if isinstance(state, str):
         return {state: 1}
     counts: dict[str, int] = {}
+    stats = getattr(obj, "stats", None)
+    if isinstance(stats, Mapping) and isinstance(stats.get("addresses"), list):
+        for address in stats["addresses"]:
+            name = str(address.get("state", "unknown"))
+            counts[name] = counts.get(name, 0) + 1
+        return counts
     for conn in _connections_of(obj):
         counts[conn.state] = counts.get(conn.state, 0) + 1
     return counts

@@ -13,7 +13,8 @@ pays nothing for it::
 Metrics (each labelled with the ``name`` given at registration):
 ``geviso_requests_total{mti,outcome}`` (outcome ``ok`` or the error class),
 ``geviso_request_duration_seconds`` (histogram), ``geviso_in_flight``,
-``geviso_connections{state}``, ``geviso_pool_up``, and one counter per link counter:
+``geviso_connections{state}`` (a link's state; for a pool, its addresses by state:
+``up``, ``connecting``, ``waiting``), ``geviso_pool_up``, and one counter per link counter:
 ``geviso_frames_sent_total``, ``geviso_responses_matched_total``,
 ``geviso_timeouts_total``, ``geviso_reconnects_total``...
 """
