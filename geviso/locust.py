@@ -121,6 +121,7 @@ class RrnGenerator:
         self._next = start
 
     def next(self, now: Optional[datetime.datetime] = None) -> str:
+        """The next RRN: year digit, day of year, node digit and a 7-digit counter."""
         now = now or datetime.datetime.now(datetime.timezone.utc)
         value, self._next = self._next, (self._next + 1) % 10_000_000
         return f"{now.year % 10}{now.timetuple().tm_yday:03d}{self.node}{value:07d}"
@@ -151,6 +152,7 @@ class Settings:
 
     @classmethod
     def from_environment(cls, environment: Environment, host: Optional[str]) -> Settings:
+        """The settings of a Locust run: ``host`` plus its parsed ``--iso-*`` options."""
         if not host:
             raise errors.ConfigurationError("no host: give --host tcp://HOST:PORT or tls://HOST:PORT")
         scheme, sep, _ = host.partition("://")
@@ -287,6 +289,7 @@ class Links:
         return conn
 
     def close_own(self, conn: Connection) -> None:
+        """Close a user's own link (``--iso-link-per-user``) gracefully."""
         self._own.discard(conn)
         conn.close(timeout=self.settings.timeout)
 

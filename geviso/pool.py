@@ -429,6 +429,7 @@ class Pool:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed
 
     @property
