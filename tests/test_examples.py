@@ -46,7 +46,7 @@ def test_readme_quickstart_runs_as_written(tmp_path):
     script.write_text(code.group(1), encoding="utf-8")
     out = run(str(script))
     assert "0810 00" in out
-    assert "100 approved" in out
+    assert "100 approved, each matched: True" in out
 
 
 def test_tls_client_with_mutual_tls():
