@@ -261,3 +261,16 @@ def test_pool_and_server_stats_count_every_link_they_ever_had():
         assert snapshot(host)["inbound"] == 8
     finally:
         host.stop()
+
+
+def test_import_geviso_needs_no_optional_dependency():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, geviso, geviso.metrics, geviso.tracing; "
+        "print(sorted(m for m in ('prometheus_client', 'locust', 'opentelemetry') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
