@@ -466,6 +466,7 @@ class Connection:
             left = deadline - time.monotonic()
             if left <= 0:
                 queued = self._outbox_bytes
+                self.stats.timeouts += 1
                 raise SendTimeout(f"write buffer stayed full ({queued} bytes queued): the peer is not reading")
             self._drained.wait(left)
         if self._state == CLOSED:
@@ -602,7 +603,7 @@ class Connection:
                     read_due = now + self.read_timeout
             else:
                 read_due = float("inf")
-            gevent.sleep(max(0.001, min(idle_due, read_due) - time.monotonic()))
+            gevent.sleep(min(max(0.001, min(idle_due, read_due) - time.monotonic()), 1.0))
 
     # -- handlers and errors ----------------------------------------------------------
     def _spawn_handler(self, handler: Handler, *args: Any) -> gevent.Greenlet:
