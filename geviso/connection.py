@@ -230,7 +230,10 @@ class Connection:
                 sock = raw
                 if self.tls is not None:
                     name = self.server_hostname or getattr(self.tls, "server_hostname", None) or host
-                    sock = tls_wrap(raw, self.tls, server_hostname=name)
+                    # The TLS socket owns the descriptor from here: close that one if the
+                    # handshake fails or times out (gevent closes it only on OSError).
+                    sock = raw = tls_wrap(raw, self.tls, server_hostname=name, handshake=False)
+                    sock.do_handshake()
         except BaseException as exc:
             self._state = CLOSED
             self._closed_event.set()
