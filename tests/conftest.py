@@ -203,3 +203,22 @@ def links() -> Iterator[Callable[..., geviso.Connection]]:
             conn.fail("test over")
     for conn in made:
         assert loops_ended(conn), f"{conn!r} left greenlets running"
+
+
+@pytest.fixture(autouse=True)
+def _geviso_log_levels() -> Iterator[None]:
+    """Give every test geviso's logger levels as they were: a test that runs the CLI
+    in-process (which quiets ``geviso.connection``) must not hide later tests' logs."""
+    import logging
+
+    def levels() -> dict[str, int]:
+        return {
+            name: logger.level
+            for name, logger in logging.root.manager.loggerDict.items()
+            if name.startswith("geviso") and isinstance(logger, logging.Logger)
+        }
+
+    before = levels()
+    yield
+    for name in levels():
+        logging.getLogger(name).setLevel(before.get(name, logging.NOTSET))
