@@ -168,3 +168,23 @@ def test_bad_requests_get_clear_answers(gunicorn):
     assert http(port, "POST", "/authorize", {"pan": "4111111111111111", "amount": "5"})[0] == 400
     status, _, body = http(port, "GET", "/nowhere")
     assert status == 404 and "authorize" in body["error"]
+
+
+def http_text(port: int, path: str) -> tuple[int, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def test_metrics_endpoint_serves_the_workers_pool(gunicorn):
+    pytest.importorskip("prometheus_client")
+    port = gunicorn["port"]
+    assert http(port, "POST", "/authorize", {"pan": "4111111111111111", "amount": 42})[0] == 200
+    status, text = http_text(port, "/metrics")
+    assert status == 200
+    assert 'geviso_connections{name="authorize",state="up"} 2.0' in text
+    assert "geviso_request_duration_seconds_bucket" in text
