@@ -25,8 +25,15 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/geviso bench
 
+# The mixed Locust scenario (loadtests/) for about 20 s against the embedded mock host.
+DEMO_USERS ?= 100
+DEMO_REPORT ?= reports/locust-demo.html
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	@mkdir -p $(dir $(DEMO_REPORT))
+	$(BIN)/locust -f loadtests --headless --users $(DEMO_USERS) --spawn-rate 50 --run-time 20s \
+		--stop-timeout 5 --only-summary --html $(DEMO_REPORT) \
+		--iso-max-failure-ratio 0.05 --iso-max-p99-ms 2000; \
+	status=$$?; echo "HTML report: $(abspath $(DEMO_REPORT))"; exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -45,7 +45,10 @@ _random = random.Random()
 
 #: The ``request_type`` of every request geviso reports to Locust.
 REQUEST_TYPE = "ISO8583"
-#: The failure of a request whose user Locust stopped before the answer came.
+#: Seconds a request in flight when Locust stops its user still has to be answered.
+STOP_GRACE = 0.2
+#: The failure of a request whose user Locust stopped and whose answer did not come
+#: within :data:`STOP_GRACE`.
 INTERRUPTED = "the user was stopped before the answer came"
 #: Field 70 network management codes.
 SIGN_ON, SIGN_OFF, ECHO = "001", "002", "301"
@@ -411,32 +414,54 @@ class ISO8583Client:
         started = time.perf_counter()
         response: Optional[Message] = None
         failure: Optional[BaseException] = None
+        stopping: Optional[BaseException] = None
+        # The send runs in a greenlet of its own because Locust stops users by killing
+        # them, now and then mid-request: the request is then given STOP_GRACE seconds
+        # to be answered, so the stats still say what became of it.
+        job = gevent.spawn(self._send, links, doc, timeout)
         try:
-            if self.per_user:
-                own = self._own
-                if own is None or own.closed:
-                    own = self._own = links.open_own()
-                response = own.send(doc, timeout=timeout)
-            else:
-                response = links.sender().send(doc, timeout=timeout)
-        except errors.SendTimeout as exc:
-            # One text per timeout value, so Locust's error table has one row for it.
-            failure = errors.SendTimeout(f"no response within {timeout:g}s")
-            failure.__cause__ = exc
-        except errors.GevisoError as exc:
-            failure = exc
-        except gevent.GreenletExit:
-            # Locust stopped the user mid-request: the request may have reached the host,
-            # so it is counted (``--stop-timeout`` lets requests finish instead).
-            _fire(self.environment, name, started, links.codec, None, errors.GevisoError(INTERRUPTED), ctx)
-            raise
+            job.join()
+        except gevent.GreenletExit as exc:
+            stopping = exc
+            try:
+                job.join(STOP_GRACE)
+            except gevent.GreenletExit:
+                pass
+        if job.ready():
+            response, failure = job.value
+            if isinstance(failure, errors.SendTimeout):
+                # One text per timeout value, so Locust's error table has one row for it.
+                failure = errors.SendTimeout(f"no response within {timeout:g}s")
+                failure.__cause__ = job.value[1]
+            elif failure is not None and not isinstance(failure, errors.GevisoError):
+                raise failure  # a bug, not an outcome: Locust logs it as the task's error
+        else:
+            job.kill(block=False)
+            failure = errors.GevisoError(INTERRUPTED)
         if response is not None:
             code = response.get("39", "")
             if declines_fail and code not in self.user.approved_codes:
                 failure = errors.Declined(code)
         _fire(self.environment, name, started, links.codec, response, failure, ctx)
         self.last_error, self.last_response = failure, response
+        if stopping is not None:
+            raise stopping
         return response
+
+    def _send(
+        self, links: Links, doc: Mapping[str, str], timeout: float
+    ) -> tuple[Optional[Message], Optional[Exception]]:
+        """The response or the error; never raises, so gevent never prints this
+        greenlet, whose arguments hold the message (PAN included)."""
+        try:
+            if not self.per_user:
+                return links.sender().send(doc, timeout=timeout), None
+            own = self._own
+            if own is None or own.closed:
+                own = self._own = links.open_own()
+            return own.send(doc, timeout=timeout), None
+        except Exception as exc:
+            return None, exc
 
     def close(self) -> None:
         """Close the user's own link, if it has one."""

@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from argparse import Namespace
@@ -246,6 +247,12 @@ def test_thresholds_set_the_exit_code() -> None:
 
 
 # -- the command line, distributed --------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _json_arrays(text: str) -> list[list[dict[str, Any]]]:
     decoder = json.JSONDecoder()
     found, pos = [], 0
@@ -260,15 +267,16 @@ def _json_arrays(text: str) -> list[list[dict[str, Any]]]:
 
 def test_headless_processes_2_share_one_mock_host_and_lose_nothing() -> None:
     env = {k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"}
+    port = free_port()  # not Locust's default 5557: another run may hold it
     args = "-f loadtests --headless --processes 2 -u 10 -r 10 -t 4s --json --iso-max-failure-ratio 0.5"
-    cmd = [str(BIN / "locust"), *args.split()]
+    cmd = [str(BIN / "locust"), *args.split(), "--master-port", str(port), "--master-bind-port", str(port)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=45)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The master's stats are the non-empty JSON array (each worker prints an empty one).
     stats = {e["name"]: e for e in max(_json_arrays(proc.stdout), key=len)}
     assert {"0200 purchase", "0100 authorization", "0220 completion", "0800 sign-on"} <= set(stats)
     assert all(e["method"] == "ISO8583" for e in stats.values())
-    assert stats["0800 sign-on"]["num_requests"] == 4  # 2 workers x 2 shared links
+    assert stats["0800 sign-on"]["num_requests"] == 4, proc.stderr[-3000:]  # 2 workers x 2 shared links
     if "0100 slow issuer" in stats:
         assert stats["0100 slow issuer"]["num_failures"] == stats["0100 slow issuer"]["num_requests"]
     assert proc.stderr.count("embedded mock host listening") == 2  # one host: a log line and a print
