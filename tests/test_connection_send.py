@@ -6,6 +6,7 @@ import random
 import socket
 
 import gevent
+import gevent.event
 import pytest
 from conftest import respond, wait_until
 
@@ -101,6 +102,7 @@ def test_response_races_timeout_every_request_resolved_exactly_once(echo_host, l
     timeouts = [job for job in jobs if isinstance(job.exception, geviso.SendTimeout)]
     assert len(ok) + len(timeouts) == 300
     assert wait_until(lambda: conn.stats.matched + conn.stats.unmatched == 300, 10)
+    assert wait_until(lambda: len(inbound) == conn.stats.unmatched)  # handlers run in their own greenlets
     assert conn.stats.matched == len(ok)
     assert conn.stats.late == conn.stats.unmatched == len(timeouts) == len(inbound)
     assert conn.in_flight == 0
