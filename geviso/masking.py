@@ -16,6 +16,10 @@ PAN_FIELDS = frozenset({"2"})
 SECRET_FIELDS = frozenset({"35", "36", "45", "52", "53", "55", "96", "110", "111"})
 
 _LONG_DIGITS = re.compile(r"\d{13,19}")
+#: Track 1 (``B`` PAN ``^`` name ``^`` expiry...) and track 2 (PAN ``=`` expiry...) in free text.
+_TRACK = re.compile(r"B?\d{12,19}\^[^^\n]*\^[^\s'\",}\]]*|\d{12,19}[=D]\d*")
+#: Hex runs of 16 (PIN blocks, keys, MACs) with at least one letter: never shown.
+_HEX_SECRET = re.compile(r"\b(?=[0-9A-Fa-f]*[A-Fa-f])(?:[0-9A-Fa-f]{16})+\b")
 
 
 def mask_pan(pan: str) -> str:
@@ -42,7 +46,11 @@ def mask_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def mask_text(text: str) -> str:
-    """Mask anything in free text that looks like a PAN (13 to 19 digits in a row)."""
+    """Mask anything in free text that looks like a PAN (13 to 19 digits in a row), and
+    remove what looks like track data or a PIN block (e.g. a user's exception quoting a
+    message)."""
+    text = _TRACK.sub("[track data]", text)
+    text = _HEX_SECRET.sub("[redacted]", text)
     return _LONG_DIGITS.sub(lambda m: mask_pan(m.group(0)), text)
 
 

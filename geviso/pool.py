@@ -285,7 +285,8 @@ class Pool:
             try:
                 conn = self.factory(slot.address)
             except Exception as exc:
-                raise ConnectFailed(f"factory for {slot.label} raised {type(exc).__name__}: {exc}") from exc
+                text = masking.mask_text(str(exc))
+                raise ConnectFailed(f"factory for {slot.label} raised {type(exc).__name__}: {text}") from exc
             slot.conn = conn
             self.totals.track(conn)
             conn.connect()

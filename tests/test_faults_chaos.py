@@ -85,12 +85,17 @@ class Outcome:
 
 
 def chaos(
-    requests: int, *, concurrency: int = 200, seed: int = 8583, rates: Optional[dict[str, float]] = None
+    requests: int,
+    *,
+    concurrency: int = 200,
+    seed: int = 8583,
+    rates: Optional[dict[str, float]] = None,
+    fields: Optional[dict[str, str]] = None,
 ) -> Outcome:
     """Run ``requests`` sends through a Pool of :data:`LINKS` links and a faulty proxy.
 
     Besides the random faults, each kind is armed once at the start, so every kind
-    strikes at least once whatever the dice say."""
+    strikes at least once whatever the dice say. ``fields`` go into every request."""
     out = Outcome(requests=requests)
     host = geviso.MockHost(("127.0.0.1", 0), spec, inline_inbound=True, on_error=lambda exc: None)
     host.start()
@@ -140,7 +145,7 @@ def chaos(
             name = "ok"
             try:
                 with gevent.Timeout(SEND_TIMEOUT + MARGIN + 10):
-                    request = {"t": "0200", "4": "000000001000", "11": stan, "37": rrn}
+                    request = {"t": "0200", "4": "000000001000", **(fields or {}), "11": stan, "37": rrn}
                     response = pool.send(request, timeout=SEND_TIMEOUT)
                 if (response.get("11"), response.get("37"), response.get("t")) != (stan, rrn, "0210"):
                     out.mismatches.append(f"sent {stan}/{rrn}, got {response.get('11')}/{response.get('37')}")
