@@ -103,3 +103,29 @@ def test_echo_on_a_closed_link_does_nothing(echo_host: EchoHost) -> None:
     assert geviso.keepalive.echo(conn, 1.0)
     conn.close()
     assert not geviso.keepalive.echo(conn, 1.0)
+
+
+def test_pool_replaces_stalled_links_within_bound() -> None:
+    host = geviso.MockHost(("127.0.0.1", 0), spec)
+    host.start()
+    with FaultProxy(host.address) as proxy:
+        pool = geviso.Pool(lambda address: watched(address), [proxy.address] * 2, reconnect_wait=0.05)
+        pool.connect()
+        try:
+            before = list(pool.connections)
+            assert len(before) == 2 and pool.send({"t": "0200"})["39"] == "00"
+            assert proxy.stall() == 2
+            stalled_at = time.monotonic()
+            # Sends during the stall fail within their timeout, never hang.
+            with pytest.raises((SendTimeout, ConnectionClosed)):
+                pool.send({"t": "0200"}, timeout=0.5)
+            assert wait_until(
+                lambda: len(pool.connections) == 2 and not set(pool.connections) & set(before), timeout=NOTICE_BOUND + 3
+            )
+            assert time.monotonic() - stalled_at < NOTICE_BOUND + 1
+            assert all(conn.closed for conn in before)
+            assert pool.send({"t": "0200"})["39"] == "00"
+            assert proxy.accepted == 4
+        finally:
+            pool.close()
+            host.stop(timeout=1)
