@@ -77,14 +77,13 @@ def parse_address(address: Address) -> tuple[str, int]:
 class _Pending:
     """One request waiting for its response."""
 
-    __slots__ = ("key", "result", "written", "mti", "started")
+    __slots__ = ("key", "result", "written", "mti")
 
     def __init__(self, key: Hashable, mti: str) -> None:
         self.key = key
         self.mti = mti
         self.result: gevent.event.AsyncResult = gevent.event.AsyncResult()
         self.written = False
-        self.started = time.monotonic()
 
     def resolve(self, value: Any = None, exc: Optional[BaseException] = None) -> bool:
         """Set the outcome unless one is set already; True if this call set it."""
