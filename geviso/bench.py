@@ -1,0 +1,727 @@
+"""``geviso bench`` (also ``python -m geviso.bench``): throughput and latency.
+
+Workloads (``--workload``, comma-separated; default all but ``memory``):
+
+``burst``
+    REFERENCE section 7: one link, the mock host in this process, 0800 with field 11
+    only, bursts of 100 / 1,000 / ... / ``--messages`` concurrent sends timed end to end.
+``closed-loop``
+    ``--concurrency`` senders (default 1, 10, 100) on one link, each sending the next
+    0200 (15 fields, ``iso8583.specs.default``) when its answer arrives; the mock host
+    runs in another process (``geviso mock-host --port 0``), so each side has a core.
+``codec``
+    Encode and decode alone, for both messages, with the codec links use and with plain
+    pyiso8583: the connection layer's own cost is the difference.
+``transport``
+    The baseline: a bare gevent framed echo between two processes (one writer, one
+    reader splitting frames, one ``AsyncResult`` per request, no codec), same frames.
+``memory``
+    1,000,000 messages against 10,000 (``--messages``): RSS, greenlets, pending
+    requests and buffers must not grow. Long; not part of ``all``.
+
+Every response is checked against its request (MTI, fields 11 and 37); the exit status
+is 1 if any did not match or failed. ``--host`` aims ``burst`` and ``closed-loop`` at an
+external host. Figures vary with the machine and its load: use ``--repeat`` (best of N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import os
+import platform
+import signal
+import socket as _stdlib_socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Optional
+
+import gevent
+import gevent.event
+import gevent.server
+import iso8583
+from gevent import socket
+
+from . import specs
+from .codec import Codec, CompiledCodec, Spec, codec_for, response_mti
+from .connection import Connection, parse_address
+from .framing import by_name as framing_by_name
+
+WORKLOADS = ("burst", "closed-loop", "codec", "transport", "memory")
+DEFAULT_WORKLOADS = ("burst", "closed-loop", "codec", "transport")
+LISTENING = "geviso mock-host listening on"
+#: Seconds to wait for a helper process (mock host, echo server) to announce its port.
+START_TIMEOUT = 30.0
+SEND_TIMEOUT = 120.0
+
+#: The realistic request of ``closed-loop``: 15 fields, ASCII data, binary bitmap.
+REQUEST_0200 = {
+    "t": "0200",
+    "2": "4761739001010010",
+    "3": "000000",
+    "4": "000000010000",
+    "7": "0612103000",
+    "11": "000001",
+    "12": "103000",
+    "13": "0612",
+    "14": "2812",
+    "18": "5411",
+    "22": "051",
+    "25": "00",
+    "37": "000000000001",
+    "41": "TERM0001",
+    "42": "MERCHANT0000001",
+    "49": "840",
+}
+#: The reference benchmark's message: 0800 with field 11 only.
+REQUEST_0800 = {"t": "0800", "11": "000001"}
+
+
+# -- results ------------------------------------------------------------------------------
+class Result:
+    """One measured run: how many messages, how long, their latencies, how many matched."""
+
+    def __init__(self, workload: str, label: str, messages: int, seconds: float, latencies: Sequence[float],
+                 matched: int, failed: int = 0, **extra: Any) -> None:
+        self.workload = workload
+        self.label = label
+        self.messages = messages
+        self.seconds = seconds
+        self.matched = matched
+        self.failed = failed
+        self.extra = extra
+        ordered = sorted(latencies)
+        self.p50 = _quantile(ordered, 0.50)
+        self.p99 = _quantile(ordered, 0.99)
+
+    @property
+    def rate(self) -> float:
+        """Messages (round trips, or codec operations) per second."""
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ns_per_msg(self) -> float:
+        return self.seconds / self.messages * 1e9 if self.messages else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.matched == self.messages
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "label": self.label,
+            "messages": self.messages,
+            "seconds": round(self.seconds, 6),
+            "msg_per_s": round(self.rate, 1),
+            "ns_per_msg": round(self.ns_per_msg, 1),
+            "p50_us": round(self.p50 * 1e6, 1),
+            "p99_us": round(self.p99 * 1e6, 1),
+            "matched": self.matched,
+            "failed": self.failed,
+            **self.extra,
+        }
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def best(runs: Sequence[Result]) -> Result:
+    """The fastest of repeated runs (the machine is shared: slower runs are noise)."""
+    return max(runs, key=lambda r: r.rate)
+
+
+# -- helper processes ---------------------------------------------------------------------
+Endpoint = tuple[tuple[str, int], Optional[int]]  # (address, pid of our child serving it)
+
+
+@contextmanager
+def _process(args: list[str], marker: str) -> Iterator[Endpoint]:
+    """Run ``args``, read ``marker HOST:PORT`` from its stdout, stop it with SIGTERM."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = ""
+        with gevent.Timeout(START_TIMEOUT, RuntimeError(f"{args[2:4]} did not start in {START_TIMEOUT:g}s")):
+            while marker not in line:
+                line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"{' '.join(args[2:4])} exited before listening (status {proc.wait()})")
+        yield parse_address(line.split(marker, 1)[1].split()[0]), proc.pid
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def mock_host_process(spec_name: str, framing_name: str) -> Any:
+    """``geviso mock-host --port 0`` in a child process; yields its address."""
+    args = [sys.executable, "-m", "geviso", "mock-host", "--port", "0", "--spec", spec_name,
+            "--framing", framing_name, "--log-level", "WARNING"]
+    return _process(args, LISTENING)
+
+
+@contextmanager
+def _local_mock_host(spec: Spec, framing_name: str) -> Iterator[Endpoint]:
+    from .mockhost import MockHost
+
+    host = MockHost(("127.0.0.1", 0), spec, framing=framing_by_name(framing_name))
+    host.start()
+    try:
+        yield ("127.0.0.1", int(host.server_port)), None
+    finally:
+        host.stop(timeout=1.0)
+
+
+def _cpu_seconds(pid: Optional[int] = None) -> Optional[float]:
+    """CPU time (user + system) of this process or of ``pid`` (Linux /proc)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# -- the workloads -----------------------------------------------------------------------
+def _matches(request: dict[str, str], response: dict[str, str], answer_mti: str) -> bool:
+    return (
+        response.get("t") == answer_mti
+        and response.get("11") == request["11"]
+        and response.get("37", request.get("37")) == request.get("37")
+    )
+
+
+def run_burst(address: tuple[str, int], spec: Spec, framing_name: str, size: int) -> Result:
+    """``size`` concurrent sends of 0800/11 on one fresh link, timed end to end."""
+    latencies: list[float] = []
+    outcome = {"matched": 0, "failed": 0}
+    with Connection(address, spec, framing=framing_by_name(framing_name), send_timeout=SEND_TIMEOUT) as conn:
+        _warm_up(conn, REQUEST_0800, 200)
+
+        def one(stan: str) -> None:
+            request = {"t": "0800", "11": stan}
+            started = time.perf_counter()
+            try:
+                response = conn.send(request)
+            except Exception:
+                outcome["failed"] += 1
+                return
+            latencies.append(time.perf_counter() - started)
+            if response.get("t") == "0810" and response.get("11") == stan:
+                outcome["matched"] += 1
+
+        stans = ["%06d" % (i % 999_999 + 1) for i in range(size)]
+        gc.collect()
+        started = time.perf_counter()
+        jobs = [gevent.spawn(one, stan) for stan in stans]
+        gevent.joinall(jobs)
+        seconds = time.perf_counter() - started
+        left = conn.in_flight
+    return Result("burst", f"burst {size:,}", size, seconds, latencies, outcome["matched"], outcome["failed"],
+                  in_flight_after=left)
+
+
+def _warm_up(conn: Connection, template: dict[str, str], count: int) -> None:
+    base = 900_000
+    jobs = [gevent.spawn(conn.send, dict(template, **{"11": "%06d" % (base + i)})) for i in range(count)]
+    gevent.joinall(jobs, raise_error=True)
+
+
+def run_closed_loop(address: tuple[str, int], spec: Spec, framing_name: str, concurrency: int, messages: int,
+                    host_pid: Optional[int] = None) -> Result:
+    """``concurrency`` senders on one link, each sending its next 0200 on each answer."""
+    latencies: list[float] = []
+    outcome = {"matched": 0, "failed": 0}
+    answer_mti = response_mti(REQUEST_0200["t"])
+    counter = itertools.count(1)
+    per_sender = max(1, messages // concurrency)
+    total = per_sender * concurrency
+    with Connection(address, spec, framing=framing_by_name(framing_name), send_timeout=SEND_TIMEOUT) as conn:
+        _warm_up(conn, REQUEST_0200, 200)
+
+        def sender() -> None:
+            send = conn.send
+            for _ in range(per_sender):
+                seq = next(counter)
+                request = dict(REQUEST_0200)
+                request["11"] = "%06d" % (seq % 999_999 + 1)
+                request["37"] = "%012d" % seq
+                started = time.perf_counter()
+                try:
+                    response = send(request)
+                except Exception:
+                    outcome["failed"] += 1
+                    continue
+                latencies.append(time.perf_counter() - started)
+                if _matches(request, response, answer_mti):
+                    outcome["matched"] += 1
+
+        gc.collect()
+        cpu0, host0 = _cpu_seconds(), _cpu_seconds(host_pid) if host_pid else None
+        started = time.perf_counter()
+        gevent.joinall([gevent.spawn(sender) for _ in range(concurrency)])
+        seconds = time.perf_counter() - started
+        cpu1, host1 = _cpu_seconds(), _cpu_seconds(host_pid) if host_pid else None
+        left = conn.in_flight
+    extra: dict[str, Any] = {"concurrency": concurrency, "in_flight_after": left}
+    if cpu0 is not None and cpu1 is not None:
+        extra["client_cpu"] = round((cpu1 - cpu0) / seconds, 2)
+    if host0 is not None and host1 is not None:
+        extra["host_cpu"] = round((host1 - host0) / seconds, 2)
+    return Result("closed-loop", f"C={concurrency}", total, seconds, latencies, outcome["matched"],
+                  outcome["failed"], **extra)
+
+
+def run_codec(spec: Spec, messages: int) -> list[Result]:
+    """Encode and decode of both messages (and their answers), compiled and pyiso8583."""
+    results = []
+    reference = Codec(spec)
+    fast = codec_for(spec)
+    kinds: list[tuple[str, Codec]] = [("compiled", fast)] if isinstance(fast, CompiledCodec) else []
+    kinds.append(("pyiso8583", reference))
+    for name, doc in (("0800/11", REQUEST_0800), ("0200/15", REQUEST_0200)):
+        answer = dict(doc, t=response_mti(doc["t"]), **{"39": "00"})
+        raw = reference.encode(answer)
+        for kind, codec in kinds:
+            for op, call, arg in (("encode", codec.encode, doc), ("decode", codec.decode, raw)):
+                result = _time_calls(call, arg, messages)
+                results.append(Result("codec", f"{op} {name} {kind}", messages, result[0], result[1], messages))
+        if isinstance(fast, CompiledCodec) and fast.fallbacks:
+            raise RuntimeError("the compiled codec fell back to pyiso8583 on the benchmark messages")
+        if fast.decode(fast.encode(doc)) != iso8583.decode(reference.encode(doc), spec)[0]:
+            raise RuntimeError("the compiled codec disagrees with pyiso8583")
+    return results
+
+
+def _time_calls(call: Callable[[Any], Any], arg: Any, count: int, batch: int = 100) -> tuple[float, list[float]]:
+    """Total seconds for ``count`` calls, and the per-call time of each batch of 100."""
+    per_call = []
+    rounds = max(1, count // batch)
+    clock = time.perf_counter
+    total = 0.0
+    for _ in range(rounds):
+        started = clock()
+        for _ in range(batch):
+            call(arg)
+        spent = clock() - started
+        total += spent
+        per_call.append(spent / batch)
+    return total * count / (rounds * batch), per_call
+
+
+# -- the transport baseline -----------------------------------------------------------------
+def _echo_handle(sock: Any, _address: Any) -> None:
+    """Bare framed echo: write back every complete 2-byte-length frame, in one sendall."""
+    sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+    buffer = bytearray()
+    try:
+        while True:
+            data = sock.recv(256 * 1024)
+            if not data:
+                return
+            buffer += data
+            size, pos = len(buffer), 0
+            while size - pos >= 2:
+                end = pos + 2 + ((buffer[pos] << 8) | buffer[pos + 1])
+                if end > size:
+                    break
+                pos = end
+            if pos:
+                sock.sendall(bytes(buffer[:pos]))
+                del buffer[:pos]
+    except OSError:
+        return
+    finally:
+        sock.close()
+
+
+ECHO_READY = "geviso bench echo listening on"
+
+
+def serve_echo() -> int:
+    """The transport baseline's server process (``--serve-echo``): until SIGTERM."""
+    server = gevent.server.StreamServer(("127.0.0.1", 0), _echo_handle)
+    server.start()
+    print(f"{ECHO_READY} 127.0.0.1:{server.server_port}", flush=True)
+    stop = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    stop.wait()
+    server.stop(timeout=1)
+    return 0
+
+
+class _EchoClient:
+    """The least a multiplexing client can do: one writer batching frames into one
+    sendall, one reader splitting frames and waking each request's ``AsyncResult``
+    (found by the 12 bytes at ``key_at`` in the frame)."""
+
+    def __init__(self, address: tuple[str, int], key_at: int) -> None:
+        self.key_at = key_at
+        self.sock = socket.create_connection(address)
+        self.sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+        self.waiting: dict[bytes, gevent.event.AsyncResult] = {}
+        self.outbox: list[bytes] = []
+        self.wake = gevent.event.Event()
+        self.loops = [gevent.spawn(self._read), gevent.spawn(self._write)]
+
+    def round_trip(self, frame: bytes, key: bytes) -> bytes:
+        result = gevent.event.AsyncResult()
+        self.waiting[key] = result
+        self.outbox.append(frame)
+        self.wake.set()
+        return bytes(result.get())
+
+    def _write(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            batch, self.outbox = self.outbox, []
+            if batch:
+                self.sock.sendall(b"".join(batch))
+
+    def _read(self) -> None:
+        buffer = bytearray()
+        waiting = self.waiting
+        key_at = self.key_at
+        while True:
+            data = self.sock.recv(256 * 1024)
+            if not data:
+                return
+            buffer += data
+            size, pos = len(buffer), 0
+            while size - pos >= 2:
+                end = pos + 2 + ((buffer[pos] << 8) | buffer[pos + 1])
+                if end > size:
+                    break
+                frame = bytes(buffer[pos:end])
+                waiting.pop(frame[key_at : key_at + 12]).set(frame)
+                pos = end
+            del buffer[:pos]
+
+    def close(self) -> None:
+        for loop in self.loops:
+            loop.kill()
+        self.sock.close()
+
+
+def run_transport(address: tuple[str, int], spec: Spec, concurrency: int, messages: int) -> Result:
+    """The closed loop of :func:`run_closed_loop` over a bare gevent echo: no codec.
+
+    Each request is the framed 0200 with a unique field 37, the key its echo is
+    matched by."""
+    payload = Codec(spec).encode(REQUEST_0200)
+    frame = len(payload).to_bytes(2, "big") + payload
+    key_at = frame.index(REQUEST_0200["37"].encode())
+    head, tail = frame[:key_at], frame[key_at + 12 :]
+    latencies: list[float] = []
+    outcome = {"matched": 0}
+    counter = itertools.count(1)
+    per_sender = max(1, messages // concurrency)
+    client = _EchoClient(address, key_at)
+
+    def sender(count: int) -> None:
+        for _ in range(count):
+            key = b"%012d" % next(counter)
+            request = head + key + tail
+            started = time.perf_counter()
+            response = client.round_trip(request, key)
+            latencies.append(time.perf_counter() - started)
+            if response == request:
+                outcome["matched"] += 1
+
+    try:
+        gevent.joinall([gevent.spawn(sender, 2) for _ in range(100)], raise_error=True)  # warm up
+        latencies.clear()
+        outcome["matched"] = 0
+        gc.collect()
+        started = time.perf_counter()
+        gevent.joinall([gevent.spawn(sender, per_sender) for _ in range(concurrency)], raise_error=True)
+        seconds = time.perf_counter() - started
+    finally:
+        client.close()
+    return Result("transport", f"C={concurrency}", per_sender * concurrency, seconds, latencies, outcome["matched"],
+                  concurrency=concurrency)
+
+
+# -- memory -----------------------------------------------------------------------------------
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _greenlets() -> int:
+    from greenlet import greenlet
+
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet))
+
+
+def run_memory(spec: Spec, framing_name: str, messages: int, concurrency: int = 100) -> Result:
+    """Closed loop on one link, host in this process: state after 10,000 vs ``messages``."""
+    from .mockhost import MockHost
+
+    host = MockHost(("127.0.0.1", 0), spec, framing=framing_by_name(framing_name))
+    host.start()
+    done = {"matched": 0, "failed": 0, "sent": 0}
+    snapshots: dict[str, dict[str, int]] = {}
+    try:
+        with Connection(("127.0.0.1", host.server_port), spec, framing=framing_by_name(framing_name),
+                        send_timeout=SEND_TIMEOUT) as conn:
+
+            def state() -> dict[str, int]:
+                gc.collect()
+                links = list(host.connections)
+                return {
+                    "rss": _rss_bytes(),
+                    "greenlets": _greenlets(),
+                    "pending": conn.in_flight + sum(link.in_flight for link in links),
+                    "buffered": conn._decoder.buffered + sum(link._decoder.buffered for link in links),
+                    "queued": len(conn._outbox) + sum(len(link._outbox) for link in links),
+                }
+
+            def loop(count: int) -> None:
+                per_sender = count // concurrency
+
+                def sender() -> None:
+                    for _ in range(per_sender):
+                        done["sent"] += 1
+                        seq = done["sent"]
+                        request = dict(REQUEST_0200, **{"11": "%06d" % (seq % 999_999 + 1), "37": "%012d" % seq})
+                        try:
+                            response = conn.send(request)
+                        except Exception:
+                            done["failed"] += 1
+                            continue
+                        if _matches(request, response, "0210"):
+                            done["matched"] += 1
+
+                gevent.joinall([gevent.spawn(sender) for _ in range(concurrency)])
+
+            baseline = min(10_000, messages)
+            loop(baseline)
+            snapshots["after_10k"] = state()
+            started = time.perf_counter()
+            loop(messages - baseline)
+            seconds = time.perf_counter() - started
+            snapshots["after_all"] = state()
+    finally:
+        host.stop(timeout=1.0)
+    before, after = snapshots["after_10k"], snapshots["after_all"]
+    grew = {key: after[key] - before[key] for key in before}
+    return Result("memory", f"{messages:,} vs 10,000", done["sent"], seconds, [], done["matched"],
+                  done["failed"], after_10k=before, after_all=after, growth=grew,
+                  holds=grew["greenlets"] <= 0 and after["pending"] == 0 and after["queued"] == 0
+                  and grew["rss"] <= 4 * 1024 * 1024)
+
+
+# -- the command --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geviso bench", description="Measure geviso's throughput and latency (see the module docstring)."
+    )
+    parser.add_argument("--workload", default=",".join(DEFAULT_WORKLOADS),
+                        help=f"comma-separated: {', '.join(WORKLOADS)} or all (default: all but memory)")
+    parser.add_argument("--host", help="HOST:PORT of an external host for burst and closed-loop")
+    parser.add_argument("--messages", type=int,
+                        help="messages per run (default 20,000); burst: the largest burst (default 100,000); "
+                             "memory: the long run (default 1,000,000)")
+    parser.add_argument("--concurrency", default="1,10,100", help="closed-loop/transport senders (default 1,10,100)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the best is shown")
+    parser.add_argument("--spec", default="default", help="spec name or package.module:SPEC (default: default)")
+    parser.add_argument("--framing", default="binary2", help="framing name (default binary2)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "gevent": gevent.__version__,
+        "pyiso8583": iso8583.__version__,
+        "platform": platform.platform(terse=True),
+    }
+
+
+def _workloads(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if names == ["all"]:
+        return list(DEFAULT_WORKLOADS)
+    unknown = [name for name in names if name not in WORKLOADS]
+    if unknown or not names:
+        raise SystemExit(f"geviso bench: unknown workload {unknown[0] if unknown else text!r}; "
+                         f"choose from {', '.join(WORKLOADS)}, all")
+    return names
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise SystemExit("geviso bench: --concurrency is a comma-separated list of positive numbers")
+    return levels
+
+
+def _repeat(times: int, measure: Callable[..., Result], *args: Any) -> Result:
+    return best([measure(*args) for _ in range(max(1, times))])
+
+
+def run(args: argparse.Namespace, report: Callable[[Result], None]) -> list[Result]:
+    """Every asked workload; each result is reported as soon as it is measured."""
+    spec = specs.by_name(args.spec)
+    levels = _levels(args.concurrency)
+    results: list[Result] = []
+
+    def keep(result: Result) -> None:
+        results.append(result)
+        report(result)
+
+    external: Optional[tuple[str, int]] = parse_address(args.host) if args.host else None
+    for workload in _workloads(args.workload):
+        if workload == "burst":
+            largest = args.messages or 100_000
+            sizes = [size for size in (100, 1_000, 10_000, 100_000, 1_000_000) if size <= largest] or [largest]
+            with _maybe(external, lambda: _local_mock_host(spec, args.framing)) as (address, _):
+                for size in sizes:
+                    keep(_repeat(args.repeat, run_burst, address, spec, args.framing, size))
+        elif workload == "closed-loop":
+            count = args.messages or 20_000
+            with _maybe(external, lambda: mock_host_process(args.spec, args.framing)) as (address, pid):
+                for level in levels:
+                    keep(_repeat(args.repeat, run_closed_loop, address, spec, args.framing, level, count, pid))
+        elif workload == "codec":
+            count = args.messages or 20_000
+            for result in run_codec(spec, count):
+                keep(result)
+        elif workload == "transport":
+            count = args.messages or 20_000
+            echo_args = [sys.executable, "-m", "geviso.bench", "--serve-echo"]
+            with _process(echo_args, ECHO_READY) as (address, _):
+                for level in levels:
+                    keep(_repeat(args.repeat, run_transport, address, spec, level, count))
+        elif workload == "memory":
+            keep(run_memory(spec, args.framing, args.messages or 1_000_000))
+    return results
+
+
+@contextmanager
+def _maybe(external: Optional[tuple[str, int]], start: Callable[[], Any]) -> Iterator[Endpoint]:
+    """The external host's address, or a host we start (and stop)."""
+    if external is not None:
+        yield external, None
+        return
+    with start() as endpoint:
+        yield endpoint
+
+
+def summary(results: Sequence[Result], codec_cost_ns: Optional[float] = None) -> list[str]:
+    """The issue's targets, checked against what was measured."""
+    lines = []
+    by_label = {(r.workload, r.label): r for r in results}
+    loop100 = by_label.get(("closed-loop", "C=100"))
+    if loop100 is not None:
+        verdict = "meets" if loop100.rate >= 15_000 else "misses"
+        lines.append(f"closed-loop C=100: {loop100.rate:,.0f} round trips/s ({verdict} the 15,000 target)")
+    b1k, b100k = by_label.get(("burst", "burst 1,000")), by_label.get(("burst", "burst 100,000"))
+    if b1k is not None and b100k is not None:
+        ratio = b100k.seconds / (100 * b1k.seconds)
+        verdict = "meets" if ratio <= 1.2 and b100k.rate >= 20_000 else "misses"
+        lines.append(f"burst 100,000: {b100k.rate:,.0f} msg/s, {ratio:.2f} x 100 x the 1,000 burst "
+                     f"({verdict} the 20,000 msg/s and 1.2x linearity targets)")
+    codec = {r.label: r.ns_per_msg for r in results if r.workload == "codec"}
+    parts = ("encode 0200/15 compiled", "decode 0200/15 compiled")
+    if codec_cost_ns is None and all(p in codec for p in parts):
+        codec_cost_ns = sum(codec[p] for p in parts)
+    for level in sorted({int(r.extra["concurrency"]) for r in results if r.workload == "transport"}):
+        loop, bare = by_label.get(("closed-loop", f"C={level}")), by_label.get(("transport", f"C={level}"))
+        if loop is None or bare is None or codec_cost_ns is None:
+            continue
+        ratio = (loop.ns_per_msg - 2 * codec_cost_ns) / bare.ns_per_msg
+        verdict = "meets" if ratio <= 1.5 else "misses"
+        lines.append(f"C={level}: geviso {loop.ns_per_msg:,.0f} ns/rt - codec 2 x {codec_cost_ns:,.0f} ns "
+                     f"= {ratio:.2f} x the bare echo's {bare.ns_per_msg:,.0f} ns ({verdict} the 1.5x target)")
+    return lines
+
+
+def _row(result: Result) -> str:
+    extra = ""
+    if "client_cpu" in result.extra or "host_cpu" in result.extra:
+        extra = f"  cpu client {result.extra.get('client_cpu', '?')} host {result.extra.get('host_cpu', '?')}"
+    if result.workload == "memory":
+        grew = result.extra["growth"]
+        extra = (f"  growth rss {grew['rss'] / 1024:+,.0f} KiB greenlets {grew['greenlets']:+d} "
+                 f"pending {result.extra['after_all']['pending']} queued {result.extra['after_all']['queued']} "
+                 f"-> {'holds' if result.extra['holds'] else 'GROWS'}")
+    matched = "ok" if result.ok else f"MISMATCH {result.matched}/{result.messages} failed {result.failed}"
+    return (f"{result.workload:<12} {result.label:<28} {result.messages:>9,} {result.rate:>12,.0f} "
+            f"{result.ns_per_msg:>10,.0f} {result.p50 * 1e6:>9,.1f} {result.p99 * 1e6:>9,.1f}  {matched}{extra}")
+
+
+HEADER = (f"{'workload':<12} {'run':<28} {'messages':>9} {'msg/s':>12} {'ns/msg':>10} "
+          f"{'p50 us':>9} {'p99 us':>9}  matched")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the benchmark; 0 when every response matched its request."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.serve_echo:
+        return serve_echo()
+    if args.repeat < 1 or (args.messages is not None and args.messages < 1):
+        raise SystemExit("geviso bench: --repeat and --messages must be positive")
+    info = machine()
+    if not args.json:
+        print(f"geviso bench on {info['cpu']} ({info['cores']} cores), Python {info['python']}, "
+              f"gevent {info['gevent']}, pyiso8583 {info['pyiso8583']}")
+        print(HEADER, flush=True)
+    results = run(args, (lambda r: None) if args.json else (lambda r: print(_row(r), flush=True)))
+    lines = summary(results)
+    ok = all(r.ok for r in results) and all(r.extra.get("holds", True) for r in results)
+    if args.json:
+        print(json.dumps({"machine": info, "command": ["geviso", "bench", *(argv or sys.argv[1:])],
+                          "results": [r.as_dict() for r in results], "summary": lines, "ok": ok}, indent=2))
+    else:
+        for line in lines:
+            print(line)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

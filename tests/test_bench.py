@@ -1,0 +1,84 @@
+"""geviso bench: a tiny run of each workload works and every response matches its request.
+
+No speed is asserted here (that is what the benchmark prints); only that each workload
+runs end to end, against real hosts on loopback, and accounts for every message.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from geviso import bench, specs
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    status = bench.main(["--json", *argv])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0 and report["ok"] is True
+    return report
+
+
+def check_all_matched(results: list[dict], workload: str, runs: int) -> None:
+    mine = [r for r in results if r["workload"] == workload]
+    assert len(mine) == runs
+    for r in mine:
+        assert r["messages"] > 0 and r["matched"] == r["messages"] and r["failed"] == 0
+        assert r["msg_per_s"] > 0 and r["p99_us"] >= r["p50_us"] > 0
+
+
+def test_burst_sends_each_burst_on_one_link_and_matches_every_answer(capsys):
+    report = run_json(capsys, "--workload", "burst", "--messages", "1000")
+    check_all_matched(report["results"], "burst", 2)  # bursts of 100 and 1,000
+    assert [r["label"] for r in report["results"]] == ["burst 100", "burst 1,000"]
+    assert all(r["in_flight_after"] == 0 for r in report["results"])
+
+
+def test_closed_loop_runs_against_a_mock_host_process(capsys):
+    report = run_json(capsys, "--workload", "closed-loop", "--messages", "200", "--concurrency", "1,10")
+    check_all_matched(report["results"], "closed-loop", 2)
+    assert [r["concurrency"] for r in report["results"]] == [1, 10]
+
+
+def test_codec_times_both_messages_compiled_and_pyiso8583(capsys):
+    report = run_json(capsys, "--workload", "codec", "--messages", "200")
+    labels = {r["label"] for r in report["results"]}
+    for op in ("encode", "decode"):
+        for message in ("0800/11", "0200/15"):
+            assert {f"{op} {message} compiled", f"{op} {message} pyiso8583"} <= labels
+
+
+def test_transport_echo_baseline_matches_every_frame_and_is_compared(capsys):
+    report = run_json(capsys, "--workload", "transport,closed-loop,codec", "--messages", "200",
+                      "--concurrency", "10")
+    check_all_matched(report["results"], "transport", 1)
+    assert any("the bare echo" in line for line in report["summary"])
+
+
+def test_memory_workload_leaves_nothing_pending():
+    result = bench.run_memory(specs.by_name("default"), "binary2", 10_500)
+    assert result.ok and result.messages == 10_500
+    assert result.extra["after_all"]["pending"] == 0 and result.extra["after_all"]["queued"] == 0
+
+
+def test_repeat_reports_the_best_run_and_text_output_has_a_table(capsys):
+    assert bench.main(["--workload", "codec", "--messages", "100", "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "msg/s" in out and "encode 0200/15 compiled" in out
+
+
+def test_geviso_bench_command_dispatches_here():
+    done = subprocess.run([sys.executable, "-m", "geviso", "bench", "--workload", "codec", "--messages", "100",
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ok"] is True
+
+
+def test_bad_options_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--workload", "nope"])
+    with pytest.raises(SystemExit):
+        bench.main(["--concurrency", "0"])
