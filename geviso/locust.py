@@ -31,6 +31,7 @@ from locust.runners import WorkerRunner
 from . import errors, masking
 from .codec import Codec, Message, Spec, codec_for, is_response, response_mti
 from .connection import Connection, parse_address
+from .framing import BY_NAME as FRAMINGS
 from .framing import Framing, by_name
 from .mockhost import APPROVAL_CODES, MockHost, load_rules
 from .pool import Pool
@@ -592,6 +593,7 @@ def _add_options(parser: Any, **_: Any) -> None:
     group.add_argument(
         "--iso-framing",
         default=DEFAULTS["iso_framing"],
+        choices=list(FRAMINGS),
         help="length framing: binary2, binary4, ascii4, bcd2, hex4, vmlh (default binary2)",
     )
     group.add_argument(
@@ -653,11 +655,15 @@ def _add_options(parser: Any, **_: Any) -> None:
 
 
 def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
-    """With no ``--host``, start the embedded mock host, in the master or local process
-    only: workers get its address from the master with every spawn message."""
-    if isinstance(runner, WorkerRunner) or environment.host or environment.parsed_options is None:
+    """Check the ``--iso-*`` options (a bad one stops Locust before the run, not each
+    request), and with no ``--host`` start the embedded mock host. Master or local
+    process only: workers get the host's address with every spawn message."""
+    if isinstance(runner, WorkerRunner) or environment.parsed_options is None:
         return
     if not any(issubclass(cls, ISO8583User) for cls in environment.user_classes):
+        return
+    if environment.host:
+        Settings.from_environment(environment, environment.host)
         return
     host = start_mock_host(environment, bind=option(environment, "iso_mock_bind"))
     h, p = host.address

@@ -95,9 +95,17 @@ def test_locust_picks_up_each_scenario_once_and_no_abstract_user() -> None:
 
 
 # -- library runs ---------------------------------------------------------------------------
-def test_mixed_scenario_counts_every_request_and_the_host_received_them_all(caplog: Any) -> None:
+def test_mixed_scenario_counts_every_request_and_the_host_received_them_all(caplog: Any, monkeypatch: Any) -> None:
     caplog.set_level("DEBUG", logger="geviso")
     contexts: list[dict[str, Any]] = []
+    sent: list[dict[str, str]] = []
+    real_send = gl.ISO8583Client._send
+
+    def recording_send(self: gl.ISO8583Client, links: gl.Links, doc: dict[str, str], timeout: float) -> Any:
+        sent.append(dict(doc))
+        return real_send(self, links, doc, timeout)
+
+    monkeypatch.setattr(gl.ISO8583Client, "_send", recording_send)
     env = Environment(user_classes=list(scenario_classes().values()), events=Events(), stop_timeout=3.0)
     env.events.request.add_listener(lambda context, **kw: contexts.append(context))
     host = gl.start_mock_host(env)
@@ -131,6 +139,28 @@ def test_mixed_scenario_counts_every_request_and_the_host_received_them_all(capl
     codes = {c.get("response_code") for c in contexts}
     assert "00" in codes and all(c.get("response_code") != "00" or c.get("response_mti") for c in contexts)
     assert not [r.getMessage() for r in caplog.records if FULL_PAN.search(r.getMessage())]
+    check_messages(sent)
+
+
+def check_messages(sent: list[dict[str, str]]) -> None:
+    """What the scenarios send is well formed: STAN, UTC field 7, RRN, terminal, merchant."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    originals = {doc["37"]: doc for doc in sent if doc["t"] in ("0100", "0200")}
+    assert len(originals) == len([d for d in sent if d["t"] in ("0100", "0200")])  # each RRN once
+    stans = [doc["11"] for doc in sent]
+    assert len(set(stans)) == len(stans) and all(re.fullmatch(r"\d{6}", s) and s != "000000" for s in stans)
+    for doc in sent:
+        sent_at = datetime.datetime.strptime(f"{now.year}{doc['7']}", "%Y%m%d%H%M%S").replace(tzinfo=now.tzinfo)
+        assert abs((now - sent_at).total_seconds()) < 120, doc["7"]
+        if doc["t"] == "0800":
+            continue
+        assert gl.luhn_valid(doc["2"]) and len(doc["41"]) == 8 and len(doc["42"]) == 15 and len(doc["43"]) == 40
+        assert re.fullmatch(r"\d{12}", doc["37"]) and re.fullmatch(r"\d{12}", doc["4"])
+        if doc["t"] in ("0220", "0400"):  # a follow-up names its original and keeps its RRN
+            original = originals[doc["37"]]
+            assert doc["90"][:10] == original["t"] + original["11"] and doc["2"] == original["2"]
+            assert doc["41"] == original["41"] and doc["11"] != original["11"]
+    assert {"0100", "0200", "0220", "0400", "0800"} <= {doc["t"] for doc in sent}
 
 
 class _Cards(gl.ISO8583User):
@@ -229,6 +259,13 @@ def test_shared_links_follow_iso_connections_and_tls_host(certs: Any) -> None:
         assert env.stats.total.num_requests > 20 and not unexpected_failures(env)
     finally:
         host.stop(timeout=2)
+
+
+def test_bad_options_stop_locust_at_init() -> None:
+    for options in (Namespace(iso_framing="binary3"), Namespace(iso_spec="nosuch"), Namespace(iso_connections=2)):
+        env = Environment(user_classes=[LenientUser], events=Events(), parsed_options=options, host="http://x:1")
+        with pytest.raises(geviso.ConfigurationError):
+            gl._on_init(env, env.create_local_runner())
 
 
 def test_thresholds_set_the_exit_code() -> None:
