@@ -259,6 +259,7 @@ class Links:
             stan=self.stan,
             codec=self.codec,
             on_connect=self._sign_on if s.sign_on else None,
+            on_close=self._sign_off if s.sign_on else None,
             on_inbound=self._inbound,
         )
 
@@ -269,15 +270,22 @@ class Links:
             return pool
         with self._lock:  # the first user opens it, the others wait for it
             if self._pool is None:
+                # min_connections=0: a host that is down fails requests fast with
+                # NoConnections while the pool keeps dialling it with backoff.
                 pool = Pool(
                     lambda address: self.connection(),
                     [self.settings.address] * self.settings.connections,
-                    min_connections=1,
+                    min_connections=0,
                     reconnect_wait=0.5,
                     max_reconnect_wait=5.0,
                 )
                 pool.connect()
-                log.info("%d link(s) to %s:%d open", self.settings.connections, *self.settings.address)
+                log.info(
+                    "%d of %d link(s) to %s:%d open",
+                    len(pool.usable),
+                    self.settings.connections,
+                    *self.settings.address,
+                )
                 self._pool = pool
             return self._pool
 
@@ -306,7 +314,7 @@ class Links:
             conn.close(timeout=self.settings.timeout)
         if pool is not None:
             pool.close()
-            log.info("links to %s:%d closed", *self.settings.address)
+            log.info("links to %s:%d closed (%d late responses so far)", *self.settings.address, self.late)
 
     def _on_stop(self, environment: Environment, **_: Any) -> None:
         if environment is self.environment:
@@ -314,20 +322,29 @@ class Links:
 
     def _sign_on(self, conn: Connection) -> None:
         """``on_connect``: 0800/001, reported to Locust as "0800 sign-on"."""
-        doc = {"t": "0800", "7": transmission_datetime(), "11": self.stan.next(), "70": SIGN_ON}
+        self._network(conn, SIGN_ON, "0800 sign-on")
+        conn.status = "online"
+
+    def _sign_off(self, conn: Connection) -> None:
+        """``on_close``: 0800/002, reported to Locust as "0800 sign-off"."""
+        conn.status = ""
+        self._network(conn, SIGN_OFF, "0800 sign-off")
+
+    def _network(self, conn: Connection, code: str, name: str) -> None:
+        """Send one 0800 with field 70 = ``code``, report it, raise unless approved."""
+        doc = {"t": "0800", "7": transmission_datetime(), "11": self.stan.next(), "70": code}
         context = {"stan": doc["11"]}
         started = time.perf_counter()
         try:
             response = conn.send(doc, timeout=self.settings.timeout)
         except errors.GevisoError as exc:
-            _fire(self.environment, "0800 sign-on", started, self.codec, None, exc, context)
+            _fire(self.environment, name, started, self.codec, None, exc, context)
             raise
-        code = response.get("39", "")
-        failure = None if code == "00" else errors.Declined(code)
-        _fire(self.environment, "0800 sign-on", started, self.codec, response, failure, context)
+        answer = response.get("39", "")
+        failure = None if answer == "00" else errors.Declined(answer)
+        _fire(self.environment, name, started, self.codec, response, failure, context)
         if failure is not None:
             raise failure
-        conn.status = "online"
 
     def _inbound(self, conn: Connection, doc: Message) -> None:
         """Answer the host's echoes and sign-ons; count late responses quietly."""

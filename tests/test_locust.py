@@ -126,8 +126,9 @@ def test_mixed_scenario_counts_every_request_and_the_host_received_them_all(capl
     total = env.stats.total
     # Nothing lost: each request Locust counted reached the host, and nothing else did.
     assert host.stats.received == total.num_requests
-    # Two shared links for the whole process, each signed on once.
-    assert host.stats.accepted == 2 and stats["0800 sign-on"].num_requests == 2
+    # Two shared links for the whole process, each signed on once and off at test_stop.
+    assert host.stats.accepted == 2
+    assert stats["0800 sign-on"].num_requests == stats["0800 sign-off"].num_requests == 2
     interrupted = sum(e.occurrences for e in env.stats.errors.values() if gl.INTERRUPTED in str(e.error))
     slow = stats["0100 slow issuer"]
     # Each slow authorization timed out (a failure) and was reversed.
@@ -261,6 +262,14 @@ def test_shared_links_follow_iso_connections_and_tls_host(certs: Any) -> None:
         host.stop(timeout=2)
 
 
+def test_a_host_that_is_down_fails_every_request_fast() -> None:
+    env = Environment(user_classes=[LenientUser], events=Events(), host=f"tcp://127.0.0.1:{free_port()}")
+    run(env, users=2, seconds=1.0)
+    total = env.stats.total
+    assert total.num_requests > 10 and total.num_failures == total.num_requests
+    assert all("NoConnections" in repr(e.error) for e in env.stats.errors.values())
+
+
 def test_bad_options_stop_locust_at_init() -> None:
     for options in (Namespace(iso_framing="binary3"), Namespace(iso_spec="nosuch"), Namespace(iso_connections=2)):
         env = Environment(user_classes=[LenientUser], events=Events(), parsed_options=options, host="http://x:1")
@@ -313,7 +322,9 @@ def test_headless_processes_2_share_one_mock_host_and_lose_nothing() -> None:
     stats = {e["name"]: e for e in max(_json_arrays(proc.stdout), key=len)}
     assert {"0200 purchase", "0100 authorization", "0220 completion", "0800 sign-on"} <= set(stats)
     assert all(e["method"] == "ISO8583" for e in stats.values())
-    assert stats["0800 sign-on"]["num_requests"] == 4, proc.stderr[-3000:]  # 2 workers x 2 shared links
+    # 2 workers x 2 shared links, each signed on, and off before the worker's last report.
+    assert stats["0800 sign-on"]["num_requests"] == 4, proc.stderr[-3000:]
+    assert stats["0800 sign-off"]["num_requests"] == 4
     if "0100 slow issuer" in stats:
         assert stats["0100 slow issuer"]["num_failures"] == stats["0100 slow issuer"]["num_requests"]
     assert proc.stderr.count("embedded mock host listening") == 2  # one host: a log line and a print
