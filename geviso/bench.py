@@ -106,13 +106,16 @@ class Result:
 
     @property
     def ns_per_msg(self) -> float:
+        """Wall-clock nanoseconds per message."""
         return self.seconds / self.messages * 1e9 if self.messages else 0.0
 
     @property
     def ok(self) -> bool:
+        """True when every message got its own response and none failed."""
         return self.failed == 0 and self.matched == self.messages
 
     def as_dict(self) -> dict[str, Any]:
+        """Plain data, as ``--json`` prints it."""
         return {
             "workload": self.workload,
             "label": self.label,
@@ -539,6 +542,7 @@ def run_memory(spec: Spec, framing_name: str, messages: int, concurrency: int = 
 
 # -- the command --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The ``geviso bench`` command line."""
     parser = argparse.ArgumentParser(
         prog="geviso bench", description="Measure geviso's throughput and latency (see the module docstring)."
     )

@@ -132,3 +132,34 @@ def test_greenlet_service_switches_and_stops_cleanly_on_sigterm():
         "failed=0 upstream_usable=0"
     )
     assert all(t.wait_closed(5) for t in terminals)  # the switch closed the terminals' links
+
+
+def test_every_public_name_has_a_docstring():
+    import importlib
+    import inspect
+    import pkgutil
+
+    missing = []
+    for info in pkgutil.walk_packages(geviso.__path__, "geviso."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        if not inspect.getdoc(module):
+            missing.append(info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if obj.__module__ != module.__name__:
+                continue  # imported, documented where it is defined
+            if not (obj.__doc__ or "").strip():
+                missing.append(f"{info.name}.{name}")
+            if not inspect.isclass(obj):
+                continue
+            for attr, member in vars(obj).items():
+                function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+                if attr.startswith("_") or not inspect.isfunction(function) or (function.__doc__ or "").strip():
+                    continue
+                inherited = any(getattr(getattr(base, attr, None), "__doc__", None) for base in obj.__mro__[1:])
+                if not inherited:
+                    missing.append(f"{info.name}.{name}.{attr}")
+    assert missing == []
