@@ -15,6 +15,7 @@ I/O here, and nothing in this module raises to users.
 from __future__ import annotations
 
 import binascii
+import codecs
 import functools
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -67,6 +68,11 @@ def _text_encoding(enc: Any) -> Optional[str]:
 def _ascii_like(enc: str) -> bool:
     """True when ``enc`` writes digits and hex letters as their ASCII bytes."""
     return _HEX_SAMPLE.encode(enc) == _HEX_SAMPLE.encode("ascii")
+
+
+def _one_byte_per_char(enc: str) -> bool:
+    """True for ASCII and Latin-1: a run of fields encodes or decodes as one string."""
+    return codecs.lookup(enc).name in ("ascii", "iso8859-1")
 
 
 def _length_prefix(n: int, len_type: int, len_enc: str) -> Optional[bytes]:
@@ -292,10 +298,7 @@ def compile_spec(spec: Spec) -> Optional[Compiled]:
     secondary = _Field.bitmap("1", spec.get("1"))
     if (has_header and header is None) or primary is None or (not mti_binary and mti_enc is None):
         return None
-
-    src = _Source()
-    src.names.update(_bitmap_tables())
-    covered: dict[int, _Field] = {}
+    fields: dict[int, _Field] = {}
     uncovered = set()
     for number in range(2, 129):
         key = str(number)
@@ -304,28 +307,277 @@ def compile_spec(spec: Spec) -> Optional[Compiled]:
         field = _Field.plan(key, spec[key])
         if field is None:
             uncovered.add(key)
-            continue
-        covered[number] = field
-        _field_encoder(src, f"enc_{number}", field)
-        _field_decoder(src, f"dec_{number}", field)
-    if header is not None:
-        _field_encoder(src, "enc_h", header)
-        _field_decoder(src, "dec_h", header)
-    src.add("def missing(s, i, out):", "    raise Miss", "")
-    src.names["FIELD_NUMBERS"] = {str(number): number for number in covered}
-    src.names["KEYS"] = tuple(str(number) for number in range(129))
-    src.add(
-        "ENCODERS = (" + ", ".join(f"enc_{n}" if n in covered else "None" for n in range(129)) + ")",
-        "DECODERS = (" + ", ".join(f"dec_{n}" if n in covered else "missing" for n in range(129)) + ")",
-        "",
-    )
-    _main_encoder(src, header is not None, mti_enc, primary, secondary)
-    _main_decoder(src, header is not None, mti_enc, primary, secondary)
+        else:
+            fields[number] = field
+    generator = _Generator(fields, header, mti_enc, primary, secondary)
+    return Compiled(generator.encode, generator.decode, generator.source, frozenset(uncovered))
 
-    source = "\n".join(src.lines)
-    namespace = dict(src.names)
-    exec(compile(source, f"<geviso.compiled spec {id(spec):#x}>", "exec"), namespace)  # noqa: S102 - our own generated code
-    return Compiled(namespace["encode"], namespace["decode"], source, frozenset(uncovered))
+
+#: Specialised functions kept per spec, for encode (by key order) and decode (by bitmap).
+MAX_SPECIALISED = 64
+
+
+class _Generator:
+    """Writes and runs the generic functions of one spec, then specialises them.
+
+    The generic ``encode`` and ``decode`` loop over the fields a message has. Once one
+    of them has handled a message, the field set it saw (the document's keys in their
+    order; the frame's bitmap) gets a straight-line function with offsets, lengths and
+    the bitmap written in, used for every later message of that shape. Shapes are
+    remembered only after a successful run, and at most :data:`MAX_SPECIALISED` of each.
+    """
+
+    def __init__(
+        self,
+        fields: dict[int, _Field],
+        header: Optional[_Field],
+        mti_enc: Optional[str],
+        primary: _Field,
+        secondary: Optional[_Field],
+    ) -> None:
+        self.fields = fields
+        self.header = header
+        self.mti_enc = mti_enc
+        self.primary = primary
+        self.secondary = secondary
+        src = _Source()
+        src.names.update(_bitmap_tables())
+        for number, field in fields.items():
+            _field_encoder(src, f"enc_{number}", field)
+            _field_decoder(src, f"dec_{number}", field)
+        if header is not None:
+            _field_encoder(src, "enc_h", header)
+            _field_decoder(src, "dec_h", header)
+        src.add("def missing(s, i, out):", "    raise Miss", "")
+        src.names["FIELD_NUMBERS"] = {str(number): number for number in fields}
+        src.names["KEYS"] = tuple(str(number) for number in range(129))
+        src.add(
+            "ENCODERS = (" + ", ".join(f"enc_{n}" if n in fields else "None" for n in range(129)) + ")",
+            "DECODERS = (" + ", ".join(f"dec_{n}" if n in fields else "missing" for n in range(129)) + ")",
+            "",
+        )
+        src.names.update(
+            ENCODE_BY_KEYS={}, DECODE_BY_BITMAP={}, MAX_SPECIALISED=MAX_SPECIALISED,
+            specialise_encoder=self._specialise_encoder, specialise_decoder=self._specialise_decoder,
+        )
+        self._src = src
+        self._main_encoder()
+        self._main_decoder()
+        self.source = "\n".join(src.lines)
+        self.namespace = dict(src.names)
+        self._run(self.source, "generic")
+        self.encode: Encoder = self.namespace["encode"]
+        self.decode: Decoder = self.namespace["decode"]
+
+    def _run(self, source: str, name: str, into: Optional[dict[str, Any]] = None) -> None:
+        """Run generated ``source``; its definitions go to ``into`` (default: the namespace)."""
+        code = compile(source, f"<geviso.compiled {name}>", "exec")
+        exec(code, self.namespace, self.namespace if into is None else into)  # noqa: S102 - generated here
+
+    # -- the generic functions ----------------------------------------------------------
+    def _mti_lines(self) -> list[str]:
+        if self.mti_enc is None:
+            return ["    mti = a2b_hex(doc['t'])", "    if len(mti) != 2: raise Miss"]
+        return [f"    mti = doc['t'].encode({self.mti_enc!r})", "    if len(mti) != 4: raise Miss"]
+
+    def _main_encoder(self) -> None:
+        header = self.header is not None
+        lines = ["def encode_any(doc):", *self._mti_lines()]
+        lines.append("    parts = [enc_h(doc['h']), mti, b'']" if header else "    parts = [mti, b'']")
+        slot = 2 if header else 1
+        lines += [
+            "    numbers = []",
+            "    for k in doc:",
+            "        f = FIELD_NUMBERS.get(k)",
+            "        if f is None:",
+            "            if k == '1' or k == '65' or (k.__class__ is str and not k.isnumeric()): continue",
+            "            raise Miss",
+            "        numbers.append(f)",
+            "    numbers.sort()",
+            "    bitmap = 0",
+            "    for f in numbers:",
+            "        bitmap |= 1 << (128 - f)",
+            "        parts.append(ENCODERS[f](doc[KEYS[f]]))",
+            "    second = bitmap & 0xFFFFFFFFFFFFFFFF",
+            "    if second:",
+        ]
+        if self.secondary is None:
+            lines.append("        raise Miss")
+        else:
+            first = _bitmap_writer(self.primary, "((bitmap >> 64) | 0x8000000000000000)")
+            lines.append(f"        parts[{slot}] = {first} + {_bitmap_writer(self.secondary, 'second')}")
+        lines += ["    else:", f"        parts[{slot}] = {_bitmap_writer(self.primary, '(bitmap >> 64)')}"]
+        lines += [
+            "    return b''.join(parts)",
+            "",
+            "def encode(doc):",
+            "    keys = tuple(doc)",
+            "    special = ENCODE_BY_KEYS.get(keys)",
+            "    if special is not None:",
+            "        return special(doc)",
+            "    raw = encode_any(doc)",
+            "    if len(ENCODE_BY_KEYS) < MAX_SPECIALISED:",
+            "        ENCODE_BY_KEYS[keys] = specialise_encoder(keys)",
+            "    return raw",
+            "",
+        ]
+        self._src.add(*lines)
+
+    def _main_decoder(self) -> None:
+        lines = [
+            "def decode(s):",
+            "    if s.__class__ is not bytes:",
+            "        if s.__class__ is not bytearray: raise Miss",
+            "        s = bytes(s)",
+            "    out = {}",
+        ]
+        lines.append("    i = dec_h(s, 0, out)" if self.header is not None else "    i = 0")
+        if self.mti_enc is None:
+            lines += ["    j = i + 2", "    out['t'] = s[i:j].hex().upper()"]
+        else:
+            lines += ["    j = i + 4", f"    out['t'] = s[i:j].decode({self.mti_enc!r})"]
+        lines.append("    i = j")
+        lines += _bitmap_reader(self.primary, "p", "    ")
+        lines += ["    if len(bm) != 8: raise Miss", "    i = j", "    if bm[0] & 128:"]
+        if self.secondary is None:
+            lines.append("        raise Miss")
+        else:
+            lines += ["        first = bm"]
+            lines += _bitmap_reader(self.secondary, "1", "        ")
+            lines += ["        if len(bm) != 8 or bm[0] & 128: raise Miss", "        i = j", "        bm = first + bm"]
+        lines += [
+            "    special = DECODE_BY_BITMAP.get(bm)",
+            "    if special is not None:",
+            "        return special(s, i, out)",
+            "    fields = " + " + ".join(f"BITS_{k}[bm[{k}]]" for k in range(8)),
+            "    if len(bm) == 16:",
+            "        fields = fields[1:] + " + " + ".join(f"BITS_{k}[bm[{k}]]" for k in range(8, 16)),
+            "    for f in fields:",
+            "        i = DECODERS[f](s, i, out)",
+            "    if i != len(s): raise Miss",
+            "    if len(DECODE_BY_BITMAP) < MAX_SPECIALISED:",
+            "        DECODE_BY_BITMAP[bm] = specialise_decoder(fields)",
+            "    return out",
+            "",
+        ]
+        self._src.add(*lines)
+
+    # -- specialised functions ------------------------------------------------------------
+    def _run_field(self, number: int) -> bool:
+        """A fixed-length text field that can share one encode/decode with its neighbours."""
+        field = self.fields[number]
+        return not field.binary and not field.nibbles and field.len_type == 0 and _one_byte_per_char(field.enc)
+
+    def _runs(self, numbers: list[int]) -> list[list[int]]:
+        """``numbers`` in order, consecutive run fields of one encoding grouped together."""
+        groups: list[list[int]] = []
+        for n in numbers:
+            last = groups[-1] if groups else None
+            if (last and self._run_field(n) and self._run_field(last[-1])
+                    and self.fields[n].enc == self.fields[last[-1]].enc):
+                last.append(n)
+            else:
+                groups.append([n])
+        return groups
+
+    def _specialise_encoder(self, keys: tuple[Any, ...]) -> Encoder:
+        """Straight-line encode for documents with exactly ``keys`` (in that order)."""
+        generic: Encoder = self.namespace["encode_any"]
+        numbers = []
+        for key in keys:
+            number = self.namespace["FIELD_NUMBERS"].get(key)
+            if number is None:
+                if key in ("1", "65") or (type(key) is str and not key.isnumeric()):
+                    continue
+                return generic
+            numbers.append(number)
+        if "t" not in keys or (self.header is not None and "h" not in keys):
+            return generic
+        numbers.sort()
+        bitmap = sum(1 << (128 - n) for n in numbers)
+        second = bitmap & 0xFFFFFFFFFFFFFFFF
+        first = bitmap >> 64
+        if second:
+            if self.secondary is None:
+                return generic
+            first |= 0x8000000000000000
+        bitmap_bytes = _write_bitmap(self.primary, first)
+        if second and self.secondary is not None:
+            bitmap_bytes += _write_bitmap(self.secondary, second)
+        lines = ["def special(doc):", *self._mti_lines()]
+        parts = ["mti", repr(bitmap_bytes)]
+        if self.header is not None:
+            lines.append("    h = enc_h(doc['h'])")
+            parts.insert(0, "h")
+        checks = []
+        for group in self._runs(numbers):
+            if len(group) > 1:
+                enc = self.fields[group[0]].enc
+                lines += [f"    a{n} = doc[{str(n)!r}]" for n in group]
+                lines.append(f"    r{group[0]} = ''.join(({', '.join(f'a{n}' for n in group)},)).encode({enc!r})")
+                checks += [f"len(a{n}) != {self.fields[n].max_len}" for n in group]
+                parts.append(f"r{group[0]}")
+                continue
+            n = group[0]
+            field = self.fields[n]
+            value = f"doc[{str(n)!r}]"
+            if field.binary or field.nibbles:
+                lines.append(f"    v{n} = enc_{n}({value})")
+            elif field.len_type == 0:
+                lines.append(f"    v{n} = {value}.encode({field.enc!r})")
+                checks.append(f"len(v{n}) != {field.max_len}")
+            else:
+                table, _ = self._src.length_tables(field)
+                lines += [f"    v{n} = {value}.encode({field.enc!r})", f"    p{n} = {table}[len(v{n})]"]
+                parts.append(f"p{n}")
+            parts.append(f"v{n}")
+        if checks:
+            lines.append(f"    if {' or '.join(checks)}: raise Miss")
+        lines.append(f"    return b''.join(({', '.join(parts)},))")
+        made: dict[str, Encoder] = {}
+        self._run("\n".join(lines), "encoder", made)
+        return made["special"]
+
+    def _specialise_decoder(self, numbers: tuple[int, ...]) -> Callable[[bytes, int, dict[str, str]], dict[str, str]]:
+        """Straight-line decode of the fields after a given bitmap, starting at ``i``."""
+        lines = ["def special(s, i, out):"]
+        offset = 0  # bytes known to lie between i and the current field
+        for group in self._runs(list(numbers)):
+            if len(group) > 1:
+                at = f"i + {offset}" if offset else "i"
+                end = offset + sum(self.fields[n].max_len for n in group)
+                lines.append(f"    text = s[{at}:i + {end}].decode({self.fields[group[0]].enc!r})")
+                start = 0
+                for n in group:
+                    stop = start + self.fields[n].max_len
+                    lines.append(f"    out[{str(n)!r}] = text[{start}:{stop}]")
+                    start = stop
+                offset = end
+                continue
+            n = group[0]
+            field = self.fields[n]
+            key = str(n)
+            at = f"i + {offset}" if offset else "i"
+            if field.nibbles or (field.binary and field.len_type):
+                lines.append(f"    i = dec_{n}(s, {at}, out)")
+                offset = 0
+            elif field.len_type == 0:
+                end = offset + field.max_len
+                convert = ".hex().upper()" if field.binary else f".decode({field.enc!r})"
+                lines.append(f"    out[{key!r}] = s[{at}:i + {end}]{convert}")
+                offset = end
+            else:
+                _, table = self._src.length_tables(field)
+                lines += [
+                    f"    j = i + {offset + field.len_type}",
+                    f"    i = j + {table}[s[j - {field.len_type}:j]]",
+                    f"    out[{key!r}] = s[j:i].decode({field.enc!r})",
+                ]
+                offset = 0
+        lines += [f"    if i + {offset} != len(s): raise Miss", "    return out"]
+        made: dict[str, Callable[[bytes, int, dict[str, str]], dict[str, str]]] = {}
+        self._run("\n".join(lines), "decoder", made)
+        return made["special"]
 
 
 def _bitmap_writer(field: _Field, value: str) -> str:
@@ -336,40 +588,11 @@ def _bitmap_writer(field: _Field, value: str) -> str:
     return f"('%016X' % {value}).encode({field.enc!r})"
 
 
-def _main_encoder(
-    src: _Source, header: bool, mti_enc: Optional[str], primary: _Field, secondary: Optional[_Field]
-) -> None:
-    lines = ["def encode(doc):"]
-    if mti_enc is None:
-        lines += ["    mti = a2b_hex(doc['t'])", "    if len(mti) != 2: raise Miss"]
-    else:
-        lines += [f"    mti = doc['t'].encode({mti_enc!r})", "    if len(mti) != 4: raise Miss"]
-    lines.append("    parts = [enc_h(doc['h']), mti, b'']" if header else "    parts = [mti, b'']")
-    slot = 2 if header else 1
-    lines += [
-        "    numbers = []",
-        "    for k in doc:",
-        "        f = FIELD_NUMBERS.get(k)",
-        "        if f is None:",
-        "            if k == '1' or k == '65' or (k.__class__ is str and not k.isnumeric()): continue",
-        "            raise Miss",
-        "        numbers.append(f)",
-        "    numbers.sort()",
-        "    bitmap = 0",
-        "    for f in numbers:",
-        "        bitmap |= 1 << (128 - f)",
-        "        parts.append(ENCODERS[f](doc[KEYS[f]]))",
-        "    second = bitmap & 0xFFFFFFFFFFFFFFFF",
-        "    if second:",
-    ]
-    if secondary is None:
-        lines.append("        raise Miss")
-    else:
-        first = _bitmap_writer(primary, "((bitmap >> 64) | 0x8000000000000000)")
-        lines.append(f"        parts[{slot}] = {first} + {_bitmap_writer(secondary, 'second')}")
-    lines += ["    else:", f"        parts[{slot}] = {_bitmap_writer(primary, '(bitmap >> 64)')}"]
-    lines += ["    return b''.join(parts)", ""]
-    src.add(*lines)
+def _write_bitmap(field: _Field, value: int) -> bytes:
+    """What :func:`_bitmap_writer`'s expression gives for ``value``."""
+    if field.binary:
+        return value.to_bytes(8, "big")
+    return ("%016X" % value).encode(field.enc)
 
 
 def _bitmap_reader(field: _Field, key: str, indent: str) -> list[str]:
@@ -381,45 +604,3 @@ def _bitmap_reader(field: _Field, key: str, indent: str) -> list[str]:
         f"{indent}out[{key!r}] = text",
         f"{indent}bm = bytes.fromhex(text)",
     ]
-
-
-def _main_decoder(
-    src: _Source, header: bool, mti_enc: Optional[str], primary: _Field, secondary: Optional[_Field]
-) -> None:
-    lines = [
-        "def decode(s):",
-        "    if s.__class__ is not bytes:",
-        "        if s.__class__ is not bytearray: raise Miss",
-        "        s = bytes(s)",
-        "    out = {}",
-    ]
-    lines.append("    i = dec_h(s, 0, out)" if header else "    i = 0")
-    if mti_enc is None:
-        lines += ["    j = i + 2", "    out['t'] = s[i:j].hex().upper()"]
-    else:
-        lines += ["    j = i + 4", f"    out['t'] = s[i:j].decode({mti_enc!r})"]
-    lines.append("    i = j")
-    lines += _bitmap_reader(primary, "p", "    ")
-    lines += [
-        "    if len(bm) != 8: raise Miss",
-        "    i = j",
-        "    fields = " + " + ".join(f"BITS_{k}[bm[{k}]]" for k in range(8)),
-        "    if fields and fields[0] == 1:",
-    ]
-    if secondary is None:
-        lines.append("        raise Miss")
-    else:
-        lines += _bitmap_reader(secondary, "1", "        ")
-        lines += [
-            "        if len(bm) != 8 or bm[0] & 128: raise Miss",
-            "        i = j",
-            "        fields = fields[1:] + " + " + ".join(f"BITS_{k + 8}[bm[{k}]]" for k in range(8)),
-        ]
-    lines += [
-        "    for f in fields:",
-        "        i = DECODERS[f](s, i, out)",
-        "    if i != len(s): raise Miss",
-        "    return out",
-        "",
-    ]
-    src.add(*lines)

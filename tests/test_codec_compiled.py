@@ -3,7 +3,9 @@
 Each property draws a spec (random fields, encodings, length prefixes, padding,
 bitmaps, header), a document for it, and compares :class:`CompiledCodec` with the
 reference :class:`Codec` (plain pyiso8583): equal bytes, equal dicts, or the same error
-with the same cause.
+with the same cause. Each codec is used twice: the first message of a shape goes
+through the generic generated code, later ones through the function specialised for
+that shape (key order for encode, bitmap for decode); both must agree.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from iso8583.specs import default, default_ascii
 
 from geviso import errors
 from geviso.codec import Codec, CompiledCodec, codec_for
-from geviso.compiled import TABLE_SIZE, compile_spec
+from geviso.compiled import MAX_SPECIALISED, TABLE_SIZE, compile_spec
 
 PAN = "4111111111111111"
 TEXT_ENCODINGS = ["ascii", "latin-1", "cp500", "utf-8"]
@@ -130,13 +132,15 @@ def test_valid_documents_give_pyiso8583s_bytes_and_dicts_without_fallback(case):
     before = copy.deepcopy(doc)
     fast, reference = CompiledCodec(spec), Codec(spec)
     expected = outcome(reference.encode, doc)
-    assert outcome(fast.encode, doc) == expected
+    assert outcome(fast.encode, doc) == expected  # generic
+    assert outcome(fast.encode, doc) == expected  # specialised for these keys
     assert doc == before
     if expected[0] == "ok":
         assert fast.fallbacks == 0, "the compiled encoder left a covered document to pyiso8583"
         raw = expected[1]
         decoded = outcome(reference.decode, raw)
-        assert outcome(fast.decode, raw) == decoded
+        assert outcome(fast.decode, raw) == decoded  # generic
+        assert outcome(fast.decode, raw) == decoded  # specialised for this bitmap
         if decoded[0] == "ok":
             assert fast.fallbacks == 0, "the compiled decoder left a covered frame to pyiso8583"
             assert list(fast.decode(raw)) == list(decoded[1])  # same key order too
@@ -147,11 +151,12 @@ def test_valid_documents_give_pyiso8583s_bytes_and_dicts_without_fallback(case):
 @given(spec_and_doc(), st.data())
 def test_damaged_frames_fail_or_decode_like_pyiso8583(case, data):
     spec, doc = case
-    reference = Codec(spec)
+    reference, fast = Codec(spec), CompiledCodec(spec)
     try:
         raw = reference.encode(doc)
     except errors.EncodeError:
         assume(False)
+    outcome(fast.decode, raw)  # the good frame's bitmap gets its specialised decoder
     how = data.draw(st.sampled_from(["truncate", "extend", "replace", "random"]))
     if how == "truncate":
         bad = raw[: data.draw(st.integers(0, max(0, len(raw) - 1)))]
@@ -162,7 +167,7 @@ def test_damaged_frames_fail_or_decode_like_pyiso8583(case, data):
         bad = raw[:at] + bytes([data.draw(st.integers(0, 255))]) + raw[at + 1 :]
     else:
         bad = data.draw(st.binary(max_size=64))
-    assert outcome(CompiledCodec(spec).decode, bad) == outcome(reference.decode, bad)
+    assert outcome(fast.decode, bad) == outcome(reference.decode, bad)
 
 
 ODD_KEYS = ["0", "011", "129", "193", "x", "65", "1", "p", "h", "t", 11, "²"]
@@ -173,6 +178,8 @@ ODD_VALUES = st.one_of(st.text(max_size=30), st.binary(max_size=8), st.integers(
 @given(spec_and_doc(), st.data())
 def test_invalid_documents_raise_the_same_encode_error(case, data):
     spec, doc = case
+    fast = CompiledCodec(spec)
+    outcome(fast.encode, doc)  # the good document's keys get their specialised encoder
     doc = dict(doc)
     for _ in range(data.draw(st.integers(1, 3))):
         change = data.draw(st.sampled_from(["value", "key", "drop"]))
@@ -182,7 +189,7 @@ def test_invalid_documents_raise_the_same_encode_error(case, data):
             doc[data.draw(st.sampled_from(ODD_KEYS))] = data.draw(st.one_of(ODD_VALUES, st.just("0000")))
         elif doc:
             del doc[data.draw(st.sampled_from(sorted(doc, key=str)))]
-    assert outcome(CompiledCodec(spec).encode, doc) == outcome(Codec(spec).encode, doc)
+    assert outcome(fast.encode, doc) == outcome(Codec(spec).encode, doc)
 
 
 # -- examples -----------------------------------------------------------------------------
@@ -257,3 +264,25 @@ def test_decode_refuses_what_pyiso8583_refuses():
     raw = codec.encode({"t": "0800", "11": "000001"})
     for bad in (memoryview(raw), "0800", None):
         assert outcome(codec.decode, bad) == outcome(Codec(default).decode, bad)
+
+
+def test_specialised_functions_are_bounded_and_agree_with_the_generic_ones():
+    spec = default
+    codec = CompiledCodec(spec)
+    reference = Codec(spec)
+    shapes = [f"{n}" for n in (3, 4, 7, 12, 13, 14, 18, 22, 25, 37, 41, 42, 49, 70, 100, 102)]
+    docs = []
+    for mask in range(1, 100):  # 99 different field sets
+        doc = dict(REQUEST)
+        for bit, key in enumerate(shapes):
+            if mask >> bit & 1:
+                del doc[key]
+        docs.append(doc)
+    for _ in range(2):
+        for doc in docs:
+            raw = codec.encode(doc)
+            assert raw == reference.encode(doc)
+            assert codec.decode(raw) == reference.decode(raw)
+    namespace = codec.compiled.encode.__globals__
+    assert len(namespace["ENCODE_BY_KEYS"]) == len(namespace["DECODE_BY_BITMAP"]) == MAX_SPECIALISED
+    assert codec.fallbacks == 0
