@@ -20,6 +20,8 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+# Read once, when locust is first imported; not left set for other tests' subprocesses.
+_SKIP_PATCH_SET = "LOCUST_SKIP_MONKEY_PATCH" not in os.environ
 os.environ.setdefault("LOCUST_SKIP_MONKEY_PATCH", "1")
 
 import gevent  # noqa: E402
@@ -33,6 +35,9 @@ from locust.main import merge_locustfiles_content  # noqa: E402
 
 import geviso  # noqa: E402
 from geviso import locust as gl  # noqa: E402
+
+if _SKIP_PATCH_SET:
+    del os.environ["LOCUST_SKIP_MONKEY_PATCH"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADTESTS = ROOT / "loadtests"
@@ -312,7 +317,7 @@ def _json_arrays(text: str) -> list[list[dict[str, Any]]]:
 
 
 def test_headless_processes_2_share_one_mock_host_and_lose_nothing() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"}
+    env = {k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"}  # patched as usual
     port = free_port()  # not Locust's default 5557: another run may hold it
     args = "-f loadtests --headless --processes 2 -u 10 -r 10 -t 4s --json --iso-max-failure-ratio 0.5"
     cmd = [str(BIN / "locust"), *args.split(), "--master-port", str(port), "--master-bind-port", str(port)]
