@@ -270,7 +270,7 @@ def test_specialised_functions_are_bounded_and_agree_with_the_generic_ones():
     spec = default
     codec = CompiledCodec(spec)
     reference = Codec(spec)
-    shapes = [f"{n}" for n in (3, 4, 7, 12, 13, 14, 18, 22, 25, 37, 41, 42, 49, 70, 100, 102)]
+    shapes = [key for key in REQUEST if key not in ("t", "11")]
     docs = []
     for mask in range(1, 100):  # 99 different field sets
         doc = dict(REQUEST)
