@@ -61,13 +61,12 @@ def test_max_in_flight_holds_under_a_burst_of_10000(echo_host: EchoHost) -> None
 def test_a_send_waiting_for_a_slot_times_out_unwritten(echo_host: EchoHost) -> None:
     echo_host.answer = lambda conn, doc: None  # a host that never answers
     conn = geviso.Connection(echo_host.address, spec, max_in_flight=10).connect()
-    jobs = [gevent.spawn(conn.send, {"t": "0200"}, timeout=0.5) for _ in range(100)]
-    gevent.joinall(jobs, timeout=10)
-    assert all(isinstance(job.exception, SendTimeout) for job in jobs)
-    slotless = [job for job in jobs if "in-flight slot" in str(job.exception)]
-    assert len(slotless) == 90
+    holders = [gevent.spawn(conn.send, {"t": "0200"}, timeout=2.0) for _ in range(10)]
     assert wait_until(lambda: len(echo_host.received) == 10)
-    gevent.sleep(0.1)
+    waiters = [gevent.spawn(conn.send, {"t": "0200"}, timeout=0.3) for _ in range(90)]
+    gevent.joinall(holders + waiters, timeout=10)
+    assert all(isinstance(job.exception, SendTimeout) for job in holders + waiters)
+    assert all("in-flight slot" in str(job.exception) for job in waiters)
     assert len(echo_host.received) == 10, "only requests holding a slot were written"
     assert conn.in_flight == 0
     conn.close(timeout=0.5)
