@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from . import codec, errors, framing, keys, masking, metrics, stan, tls, tracing
+from . import codec, errors, framing, keepalive, keys, masking, metrics, stan, tls, tracing
 from .connection import Connection
 from .errors import (
     ConfigurationError,
@@ -60,6 +60,7 @@ __all__ = [
     "codec",
     "errors",
     "framing",
+    "keepalive",
     "keys",
     "masking",
     "metrics",
