@@ -178,7 +178,7 @@ class Link:
             except OSError:
                 pass
         # The pumps read until the peers close too; a peer that never does is dropped.
-        gevent.spawn_later(5.0, self.close)
+        self.greenlets.append(gevent.spawn_later(5.0, self.close))
 
     def close(self, *, rst: bool = False) -> None:
         if self.done.is_set():
