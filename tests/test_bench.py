@@ -54,8 +54,11 @@ def test_codec_times_both_messages_compiled_and_pyiso8583(capsys):
 def test_transport_echo_baseline_matches_every_frame_and_is_compared(capsys):
     report = run_json(capsys, "--workload", "transport,closed-loop,codec", "--messages", "200",
                       "--concurrency", "10")
-    check_all_matched(report["results"], "transport", 1)
-    assert any("the bare echo" in line for line in report["summary"])
+    check_all_matched(report["results"], "transport", 2)  # the bare client, then a geviso client
+    assert [r["label"] for r in report["results"] if r["workload"] == "transport"] == [
+        "C=10 bare client", "C=10 geviso client"]
+    assert any(line.startswith("connection overhead C=10") for line in report["summary"])
+    assert any(line.startswith("whole stack C=10") for line in report["summary"])
 
 
 def test_memory_workload_leaves_nothing_pending():
