@@ -214,10 +214,16 @@ def _matches(request: dict[str, str], response: dict[str, str], answer_mti: str)
     )
 
 
-def run_burst(address: tuple[str, int], spec: Spec, framing_name: str, size: int) -> Result:
-    """``size`` concurrent sends of 0800/11 on one fresh link, timed end to end."""
+def run_burst(address: tuple[str, int], spec: Spec, framing_name: str, size: int, *, greenlets: bool = False) -> Result:
+    """``size`` concurrent sends of 0800/11 on one fresh link, timed end to end.
+
+    Each send runs in a raw greenlet (``gevent.spawn_raw``), the counterpart of the
+    goroutine moov's benchmark starts per send, so what is timed is geviso and not
+    ``gevent.Greenlet``'s bookkeeping; ``greenlets=True`` uses ``gevent.spawn``.
+    """
     latencies: list[float] = []
-    outcome = {"matched": 0, "failed": 0}
+    outcome = {"matched": 0, "failed": 0, "left": size}
+    finished = gevent.event.Event()
     with Connection(address, spec, framing=framing_by_name(framing_name), send_timeout=SEND_TIMEOUT) as conn:
         _warm_up(conn, REQUEST_0800, 200)
 
@@ -226,18 +232,23 @@ def run_burst(address: tuple[str, int], spec: Spec, framing_name: str, size: int
             started = time.perf_counter()
             try:
                 response = conn.send(request)
+                latencies.append(time.perf_counter() - started)
+                if response.get("t") == "0810" and response.get("11") == stan:
+                    outcome["matched"] += 1
             except Exception:
                 outcome["failed"] += 1
-                return
-            latencies.append(time.perf_counter() - started)
-            if response.get("t") == "0810" and response.get("11") == stan:
-                outcome["matched"] += 1
+            finally:
+                outcome["left"] -= 1
+                if not outcome["left"]:
+                    finished.set()
 
         stans = ["%06d" % (i % 999_999 + 1) for i in range(size)]
+        spawn = gevent.spawn if greenlets else gevent.spawn_raw
         gc.collect()
         started = time.perf_counter()
-        jobs = [gevent.spawn(one, stan) for stan in stans]
-        gevent.joinall(jobs)
+        for stan in stans:
+            spawn(one, stan)
+        finished.wait()
         seconds = time.perf_counter() - started
         left = conn.in_flight
     return Result("burst", f"burst {size:,}", size, seconds, latencies, outcome["matched"], outcome["failed"],
@@ -263,20 +274,19 @@ def run_closed_loop(address: tuple[str, int], spec: Spec, framing_name: str, con
         _warm_up(conn, REQUEST_0200, 200)
 
         def sender() -> None:
-            send = conn.send
+            send, clock, took = conn.send, time.perf_counter, latencies.append
             for _ in range(per_sender):
                 seq = next(counter)
-                request = dict(REQUEST_0200)
-                request["11"] = "%06d" % (seq % 999_999 + 1)
-                request["37"] = "%012d" % seq
-                started = time.perf_counter()
+                stan, rrn = "%06d" % (seq % 999_999 + 1), "%012d" % seq
+                request = {**REQUEST_0200, "11": stan, "37": rrn}
+                started = clock()
                 try:
                     response = send(request)
                 except Exception:
                     outcome["failed"] += 1
                     continue
-                latencies.append(time.perf_counter() - started)
-                if _matches(request, response, answer_mti):
+                took(clock() - started)
+                if response.get("11") == stan and response.get("t") == answer_mti and response.get("37", rrn) == rrn:
                     outcome["matched"] += 1
 
         gc.collect()
@@ -684,9 +694,10 @@ def summary(results: Sequence[Result], codec_cost_ns: Optional[float] = None) ->
     b1k, b100k = by_label.get(("burst", "burst 1,000")), by_label.get(("burst", "burst 100,000"))
     if b1k is not None and b100k is not None:
         ratio = b100k.seconds / (100 * b1k.seconds)
-        verdict = "meets" if ratio <= 1.2 and b100k.rate >= 20_000 else "misses"
-        lines.append(f"burst 100,000: {b100k.rate:,.0f} msg/s, {ratio:.2f} x 100 x the 1,000 burst "
-                     f"({verdict} the 20,000 msg/s and 1.2x linearity targets)")
+        rate = "meets" if b100k.rate >= 20_000 else "misses"
+        linear = "meets" if ratio <= 1.2 else "misses"
+        lines.append(f"burst 100,000: {b100k.rate:,.0f} msg/s ({rate} the 20,000 target), {ratio:.2f} x 100 x "
+                     f"the 1,000 burst's time ({linear} the 1.2x linearity target)")
     codec = {r.label: r.ns_per_msg for r in results if r.workload == "codec"}
     parts = ("encode 0200/15 compiled", "decode 0200/15 compiled")
     if codec_cost_ns is None and all(p in codec for p in parts):
