@@ -56,12 +56,14 @@ DEFAULT_MAX_WRITE_BUFFER = 4 * 1024 * 1024
 #: reader waits, which pushes back on the peer through TCP.
 DEFAULT_MAX_INBOUND = 1000
 RECV_SIZE = 256 * 1024
-#: Frames the reader handles before it lets other greenlets run. Without a pause, a
-#: ``recv`` holding 100 responses wakes 100 senders whose next requests all leave in one
-#: write after the last response is handled: the peer idles meanwhile, and the two ends
-#: work in turn. Pausing every few dozen frames lets both ends (each with its own core)
-#: work at once; it also finishes answered sends sooner during a burst.
-READ_BATCH = 32
+#: The reader lets other greenlets run after every ``max(READ_BATCH, n // READ_PARTS)``
+#: of the ``n`` frames one ``recv`` brought. Without a pause, a ``recv`` holding 100
+#: responses wakes 100 senders whose next requests all leave in one write after the last
+#: response is handled: the peer idles meanwhile, and the two ends work in turn. Handling
+#: a ``recv`` in a few parts lets both ends (each with its own core) work at once; it
+#: also finishes answered sends sooner during a burst.
+READ_BATCH = 4
+READ_PARTS = 3
 #: How many timed-out request keys are remembered to recognise late responses.
 LATE_KEYS_KEPT = 4096
 
@@ -559,9 +561,10 @@ class Connection:
                     # A whole message or keep-alive is a sign of life, a byte is not (moov's
                     # read timeout): a peer trickling a frame (slowloris) still times out.
                     self._last_read = time.monotonic()
+                every = max(READ_BATCH, len(payloads) // READ_PARTS)
                 for count, payload in enumerate(payloads, 1):
                     self._handle_frame(payload)
-                    if not count % READ_BATCH and count < len(payloads):
+                    if not count % every and count < len(payloads):
                         gevent.sleep(0)  # answered senders and the writer go first: see READ_BATCH
                 self.stats.keepalives = decoder.keepalives
                 if decoder.error is not None:  # frames before a bad header were delivered first
