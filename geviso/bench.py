@@ -738,8 +738,9 @@ def _row(result: Result) -> str:
                  f"pending {result.extra['after_all']['pending']} queued {result.extra['after_all']['queued']} "
                  f"-> {'holds' if result.extra['holds'] else 'GROWS'}")
     matched = "ok" if result.ok else f"MISMATCH {result.matched}/{result.messages} failed {result.failed}"
+    p50, p99 = (f"{q * 1e6:>9,.1f}" if result.p99 else f"{'-':>9}" for q in (result.p50, result.p99))
     return (f"{result.workload:<12} {result.label:<28} {result.messages:>9,} {result.rate:>12,.0f} "
-            f"{result.ns_per_msg:>10,.0f} {result.p50 * 1e6:>9,.1f} {result.p99 * 1e6:>9,.1f}  {matched}{extra}")
+            f"{result.ns_per_msg:>10,.0f} {p50} {p99}  {matched}{extra}")
 
 
 HEADER = (f"{'workload':<12} {'run':<28} {'messages':>9} {'msg/s':>12} {'ns/msg':>10} "

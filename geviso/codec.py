@@ -57,7 +57,7 @@ class Codec:
         """Bytes for ``doc``; ``doc`` itself is left as it was."""
         try:
             raw, _ = iso8583.encode(dict(doc), self.spec)
-        except (iso8583.EncodeError, TypeError, ValueError, LookupError) as exc:
+        except Exception as exc:  # pyiso8583 also fails with TypeError, KeyError, even UnboundLocalError
             raise EncodeError(_safe_text("encode", exc)) from exc
         return bytes(raw)
 
@@ -65,7 +65,7 @@ class Codec:
         """The message in ``data``."""
         try:
             doc, _ = iso8583.decode(data, self.spec)
-        except (iso8583.DecodeError, TypeError, ValueError, LookupError) as exc:
+        except Exception as exc:  # whatever a peer's bytes make pyiso8583 raise, reading goes on
             raise DecodeError(_safe_text("decode", exc)) from exc
         return doc
 
