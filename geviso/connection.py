@@ -551,9 +551,8 @@ class Connection:
             self._fail(exc)
         except gevent.GreenletExit:
             pass
-        except Exception as exc:  # a bug, not the network: fail the link rather than hang it
-            log.exception("writer of %s failed", self)
-            self._fail(exc)
+        except Exception as exc:
+            self._loop_crashed("writer", exc)
 
     def _read_loop(self) -> None:
         sock = self._sock
@@ -584,10 +583,16 @@ class Connection:
             self._fail(exc)
         except gevent.GreenletExit:
             pass
-        except Exception as exc:  # a bug, not the network: fail the link rather than hang it
-            log.exception("reader of %s failed", self)
-            self._report(exc)
-            self._fail(exc)
+        except Exception as exc:
+            self._loop_crashed("reader", exc)
+
+    def _loop_crashed(self, loop: str, exc: Exception) -> None:
+        """A bug, not the network (e.g. a key function raising): fail the link rather
+        than hang it. No traceback is logged: its last line is the exception's text,
+        which may quote a message; ``on_error`` gets the exception itself."""
+        log.error("%s of %s failed: %s: %s", loop, self, type(exc).__name__, masking.mask_text(str(exc)))
+        self._report(exc)
+        self._fail(exc)
 
     def _handle_frame(self, payload: bytes) -> None:
         stats = self.stats

@@ -54,18 +54,9 @@ def hosts():
 
 
 @pytest.fixture
-def clients():
-    made: list[geviso.Connection] = []
-
-    def make(host: geviso.Server, **options: Any) -> geviso.Connection:
-        options.setdefault("send_timeout", 5.0)
-        conn = geviso.Connection(host.address, spec, **options)
-        made.append(conn)
-        return conn.connect()
-
-    yield make
-    for conn in made:
-        conn.fail("test over")
+def clients(links):
+    """``clients(host, **options)``: a connected client of ``host`` (see ``links``)."""
+    return lambda host, **options: links(host.address, spec=spec, **options)
 
 
 # -- answers ----------------------------------------------------------------------------------

@@ -50,18 +50,9 @@ def servers():
 
 
 @pytest.fixture
-def clients():
-    made: list[geviso.Connection] = []
-
-    def make(server: geviso.Server, **options: Any) -> geviso.Connection:
-        options.setdefault("send_timeout", 5.0)
-        conn = geviso.Connection(server.address, spec, **options)
-        made.append(conn)
-        return conn.connect()
-
-    yield make
-    for conn in made:
-        conn.fail("test over")
+def clients(links):
+    """``clients(server, **options)``: a connected client of ``server`` (see ``links``)."""
+    return lambda server, **options: links(server.address, spec=spec, **options)
 
 
 def test_a_client_request_is_answered_by_on_inbound(servers, clients):
