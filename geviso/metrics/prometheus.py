@@ -159,14 +159,16 @@ class GevisoCollector(Collector):
         yield from fams.all()
 
 
-_collectors: dict[int, GevisoCollector] = {}
+#: Keyed by the registry itself, weakly: an ``id()`` key would hand a dead registry's
+#: collector (and its sources) to a new registry that happens to reuse the address.
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, GevisoCollector] = weakref.WeakKeyDictionary()
 
 
 def collector(registry: CollectorRegistry = REGISTRY) -> GevisoCollector:
     """The geviso collector of ``registry``, registered with it on first use."""
-    found = _collectors.get(id(registry))
+    found = _collectors.get(registry)
     if found is None:
-        found = _collectors[id(registry)] = GevisoCollector()
+        found = _collectors[registry] = GevisoCollector()
         registry.register(found)
     return found
 
@@ -179,7 +181,7 @@ def register(source: Any, name: Optional[str] = None, *, registry: CollectorRegi
 
 def unregister(source_or_name: Any, *, registry: CollectorRegistry = REGISTRY) -> None:
     """Stop exporting a source registered with :func:`register`."""
-    found = _collectors.get(id(registry))
+    found = _collectors.get(registry)
     if found is not None:
         found.remove(source_or_name)
 
