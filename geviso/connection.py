@@ -83,60 +83,60 @@ def parse_address(address: Address) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port_text)
 
 
-class _Pending:
-    """One request waiting for its response: one ``AsyncResult``, set exactly once."""
+class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
+    """One request waiting for its response: itself one ``AsyncResult``, set exactly once.
 
-    __slots__ = ("key", "written", "mti", "result")
+    The request's key, MTI and whether the writer took its frame ride on the
+    ``AsyncResult`` (slots, no second object): one GC-tracked object per pending request
+    instead of two, which keeps a burst of 100,000 sends linear.
+    """
+
+    __slots__ = ("key", "written", "mti")
 
     def __init__(self, key: Hashable, mti: str) -> None:
+        gevent.event.AsyncResult.__init__(self)
         self.key = key
         self.mti = mti
         self.written = False
-        self.result: gevent.event.AsyncResult = gevent.event.AsyncResult()
 
     @property
     def done(self) -> bool:
-        return bool(self.result.ready())
-
-    @property
-    def value(self) -> Any:
-        return self.result.value
+        return bool(self.ready())
 
     @property
     def error(self) -> Optional[BaseException]:
-        exc: Optional[BaseException] = self.result.exception
+        exc: Optional[BaseException] = self.exception
         return exc
 
     def resolve(self, value: Any = None, exc: Optional[BaseException] = None) -> bool:
         """Set the outcome unless one is set already; True if this call set it."""
-        result = self.result
-        if result.ready():
+        if self.ready():
             return False
         if exc is not None:
-            result.set_exception(exc)
+            self.set_exception(exc)
         else:
-            result.set(value)
+            self.set(value)
         return True
 
-    def wait(self, timeout: float) -> bool:
+    def wait_done(self, timeout: float) -> bool:
         """Block until resolved (True) or until ``timeout`` seconds pass (False).
 
-        Waits on the hub with one raw loop timer instead of ``result.get(timeout=)``,
-        which builds a ``gevent.Timeout`` per call: measured 20% faster under load.
+        Waits on the hub with one raw loop timer instead of ``get(timeout=)``, which
+        builds a ``gevent.Timeout`` per call: measured 20% faster under load.
         """
-        result = self.result
-        if not result.ready():
+        if not self.ready():
             hub = get_hub()
             waiter = Waiter(hub)
+            switch = waiter.switch  # one bound method for the link, the timer and the unlink
             timer = hub.loop.timer(max(0.0, timeout), ref=True, priority=-1)
-            result.rawlink(waiter.switch)
-            timer.start(waiter.switch, None, update=True)
+            self.rawlink(switch)
+            timer.start(switch, None, update=True)
             try:
                 waiter.get()
             finally:
                 timer.close()
-                result.unlink(waiter.switch)
-        return bool(result.ready())
+                self.unlink(switch)
+        return bool(self.ready())
 
 
 class Connection:
@@ -385,40 +385,49 @@ class Connection:
             return traced_send(self, self._send, self.listeners, doc, timeout)
         return self._send(doc, timeout=timeout)
 
-    def _send(self, doc: Mapping[str, str], *, timeout: Optional[float] = None) -> Message:
-        self._check_sendable()
+    def _send(self, doc: Mapping[str, str], timeout: Optional[float] = None) -> Message:
+        if self._state != OPEN:
+            self._check_sendable()
         if timeout is None:
             timeout = self.send_timeout
         started = time.monotonic()
         slots = self._slots
-        if slots is not None and not slots.acquire(timeout=timeout):
-            self.stats.timeouts += 1
-            raise SendTimeout(f"no free in-flight slot within {timeout:g}s (max_in_flight={self.max_in_flight})")
+        if slots is not None:
+            if not slots.acquire(timeout=timeout):
+                self.stats.timeouts += 1
+                raise SendTimeout(f"no free in-flight slot within {timeout:g}s (max_in_flight={self.max_in_flight})")
         pending: Optional[_Pending] = None
         mti = str(doc.get("t", "?"))
         try:
-            self._check_sendable()
-            msg = dict(doc)
-            if "11" not in msg:
+            if slots is not None and self._state != OPEN:  # the link may have closed while we waited
+                self._check_sendable()
+            if "11" in doc:
+                msg = doc  # the codec reads it and leaves it as it was: no copy needed
+            else:
+                msg = dict(doc)
                 msg["11"] = self._next_stan(msg)
-            req_key = self._key_of(msg)
-            if req_key in self._pending:
+            try:
+                req_key = self.key(msg)
+            except KeyError as exc:
+                raise self._key_error(exc) from None
+            in_flight = self._pending
+            if req_key in in_flight:
                 raise DuplicateKey(f"a request with key {masking.mask_text(str(req_key))} is already in flight")
             frame = self._frame(msg)
             pending = _Pending(req_key, mti)
-            self._pending[req_key] = pending
+            in_flight[req_key] = pending
             self._enqueue(frame, pending, started + timeout)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("send %s on %s", masking.describe(msg), self)
-            remaining = max(0.0, timeout - (time.monotonic() - started))
-            if not pending.wait(remaining):
+            if not pending.wait_done(timeout - (time.monotonic() - started)):
                 expired = SendTimeout(f"no response within {timeout:g}s")
                 pending.resolve(exc=expired)  # nothing else ran since the timer woke us
                 self.stats.timeouts += 1
                 self._remember_timeout(req_key)
                 raise expired from None
-            if pending.error is not None:
-                raise pending.error
+            error = pending.exception
+            if error is not None:
+                raise error
             response: Message = pending.value
             self.stats.record(mti, "ok", time.monotonic() - started)
             return response
@@ -428,7 +437,11 @@ class Connection:
             raise
         finally:
             if pending is not None:
-                self._forget(pending)
+                in_flight = self._pending
+                if in_flight.get(pending.key) is pending:
+                    del in_flight[pending.key]
+                if not in_flight:
+                    self._idle.set()
             if slots is not None:
                 slots.release()
 
@@ -451,13 +464,12 @@ class Connection:
         if len(timed_out) > LATE_KEYS_KEPT:
             del timed_out[next(iter(timed_out))]
 
-    def _key_of(self, msg: Mapping[str, str]) -> Hashable:
-        try:
-            return self.key(msg)
-        except KeyError as exc:
-            field = exc.args[0] if exc.args else "?"
-            what = "STAN is missing" if field == "11" else f"field {field} is missing"
-            raise LocalProtocolError(f"cannot build the request key: {what}") from None
+    @staticmethod
+    def _key_error(exc: KeyError) -> LocalProtocolError:
+        """The error for a request its key function cannot key (a field is missing)."""
+        field = exc.args[0] if exc.args else "?"
+        what = "STAN is missing" if field == "11" else f"field {field} is missing"
+        return LocalProtocolError(f"cannot build the request key: {what}")
 
     def _frame(self, msg: Mapping[str, str], tpdu: Optional[bytes] = None) -> bytes:
         payload = self.codec.encode(msg)
@@ -465,12 +477,6 @@ class Connection:
             return self.framing.encode(payload, tpdu=tpdu)
         except errors.FramingError as exc:
             raise errors.EncodeError(str(exc)) from exc
-
-    def _forget(self, pending: _Pending) -> None:
-        if self._pending.get(pending.key) is pending:
-            del self._pending[pending.key]
-        if not self._pending:
-            self._idle.set()
 
     def reply(self, doc: Mapping[str, str]) -> None:
         """Write a message with no tracking: the answer to a request from the peer.
@@ -516,10 +522,14 @@ class Connection:
             self._drained.wait(left)
         if self._state == CLOSED:
             raise ConnectionClosed("link closed") from self._failure
-        self._outbox.append((frame, pending))
+        outbox = self._outbox
+        if not outbox:
+            # The writer waits only with an empty outbox and takes the whole of it, so
+            # only the first frame of a batch needs to wake it (and to un-flush).
+            self._flushed.clear()
+            self._wake_writer.set()
+        outbox.append((frame, pending))
         self._outbox_bytes += len(frame)
-        self._flushed.clear()
-        self._wake_writer.set()
 
     # -- the loops --------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -557,6 +567,7 @@ class Connection:
     def _read_loop(self) -> None:
         sock = self._sock
         decoder = self._decoder
+        handle = self._handle_frame
         try:
             while True:
                 data = sock.recv(RECV_SIZE)
@@ -568,11 +579,18 @@ class Connection:
                     # A whole message or keep-alive is a sign of life, a byte is not (moov's
                     # read timeout): a peer trickling a frame (slowloris) still times out.
                     self._last_read = time.monotonic()
-                every = max(READ_BATCH, len(payloads) // READ_PARTS)
-                for count, payload in enumerate(payloads, 1):
-                    self._handle_frame(payload)
-                    if not count % every and count < len(payloads):
-                        gevent.sleep(0)  # answered senders and the writer go first: see READ_BATCH
+                debug = log.isEnabledFor(logging.DEBUG)  # once per recv, not per frame
+                count = len(payloads)
+                if count <= READ_BATCH:
+                    for payload in payloads:
+                        handle(payload, debug)
+                else:
+                    every = max(READ_BATCH, count // READ_PARTS)
+                    for first in range(0, count, every):
+                        if first:
+                            gevent.sleep(0)  # answered senders and the writer go first: see READ_BATCH
+                        for payload in payloads[first : first + every]:
+                            handle(payload, debug)
                 self.stats.keepalives = decoder.keepalives
                 if decoder.error is not None:  # frames before a bad header were delivered first
                     raise decoder.error
@@ -594,7 +612,7 @@ class Connection:
         self._report(exc)
         self._fail(exc)
 
-    def _handle_frame(self, payload: bytes) -> None:
+    def _handle_frame(self, payload: bytes, debug: bool = False) -> None:
         stats = self.stats
         stats.received += 1
         try:
@@ -604,15 +622,17 @@ class Connection:
             self._report(exc)
             return
         mti = doc.get("t", "")
-        if log.isEnabledFor(logging.DEBUG):
+        if debug:
             log.debug("recv %s on %s", masking.describe(doc), self)
-        if is_response(mti):
+        response = is_response(mti)
+        if response:
             try:
                 resp_key: Optional[Hashable] = self.key(doc)
             except Exception:  # no key in this response: it cannot match, so it is unmatched
                 resp_key = None
             pending = self._pending.get(resp_key)
-            if pending is not None and pending.resolve(doc):
+            if pending is not None and not pending.ready():
+                pending.set(doc)
                 stats.matched += 1
                 return
             stats.unmatched += 1
@@ -627,7 +647,7 @@ class Connection:
                 self._run_handler(self.on_inbound, self, doc)
             else:
                 self._inbound_pool.spawn(self._run_handler, self.on_inbound, self, doc)
-        elif is_response(mti):
+        elif response:
             if late and self.on_error is None:  # counted in stats.late; no log line per message
                 log.debug("late response %s on %s", masking.describe(doc), self)
             else:
