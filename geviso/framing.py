@@ -138,8 +138,13 @@ class FrameDecoder:
             raise self.error
         framing = self._framing
         buf = self._buffer
-        buf += data
-        size = len(buf)
+        # With nothing held (the usual case: a recv ends on a frame boundary), frames are
+        # sliced straight out of ``data``, one copy each; else out of the held bytes.
+        work: Union[bytes, bytearray] = data
+        if buf:
+            buf += data
+            work = buf
+        size = len(work)
         hsize = framing.header_size
         length_at = framing.length_at
         control_check = framing.is_control if framing.has_control else None
@@ -150,8 +155,8 @@ class FrameDecoder:
         pos = 0
         try:
             while size - pos >= hsize:
-                length = length_at(buf, pos)
-                control = control_check is not None and control_check(bytes(buf[pos : pos + hsize]))
+                length = length_at(work, pos)
+                control = control_check is not None and control_check(bytes(work[pos : pos + hsize]))
                 if adjust:
                     length -= adjust
                     if length < 0:
@@ -166,10 +171,10 @@ class FrameDecoder:
                 elif tpdu:
                     if length < TPDU_SIZE:
                         raise FramingError("frame shorter than its TPDU")
-                    self.last_tpdu = bytes(buf[pos + hsize : pos + hsize + TPDU_SIZE])
-                    frames.append(bytes(buf[pos + hsize + TPDU_SIZE : end]))
+                    self.last_tpdu = bytes(work[pos + hsize : pos + hsize + TPDU_SIZE])
+                    frames.append(bytes(work[pos + hsize + TPDU_SIZE : end]))
                 else:
-                    frames.append(bytes(buf[pos + hsize : end]))
+                    frames.append(bytes(work[pos + hsize : end]))
                 pos = end
         except FramingError as exc:
             self.error = exc
@@ -177,8 +182,11 @@ class FrameDecoder:
             if not frames:
                 raise
             return frames
-        if pos:
-            del buf[:pos]
+        if work is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < size:
+            buf += work[pos:]
         return frames
 
 
@@ -200,6 +208,16 @@ class BinaryFraming(Framing):
 
     def unpack_length(self, header: bytes) -> int:
         return int(self._struct.unpack(header)[0])
+
+    def encode(self, payload: bytes, *, tpdu: Optional[bytes] = None) -> bytes:
+        """:meth:`Framing.encode`, with the common case (no TPDU, length of the payload
+        alone) in one step: it runs once per message."""
+        if self.tpdu is not None or self.include_header:
+            return super().encode(payload, tpdu=tpdu)
+        length = len(payload)
+        if length > self.max_length:
+            raise FramingError(f"frame of {length} bytes is over the maximum of {self.max_length}")
+        return self._struct.pack(length) + payload
 
     def length_at(self, buffer: Union[bytes, bytearray], pos: int) -> int:
         return int(self._struct.unpack_from(buffer, pos)[0])
