@@ -219,7 +219,8 @@ class Connection:
         self._pending: dict[Hashable, _Pending] = {}
         self._timed_out: dict[Hashable, None] = {}
         self._slots = gevent.lock.BoundedSemaphore(max_in_flight) if max_in_flight else None
-        self._outbox: list[tuple[bytes, Optional[_Pending]]] = []
+        self._outbox: list[bytes] = []  # frames for the writer...
+        self._outbox_pending: list[_Pending] = []  # ...and the requests among them
         self._outbox_bytes = 0
         self._wake_writer = gevent.event.Event()
         self._drained = gevent.event.Event()
@@ -529,7 +530,9 @@ class Connection:
             # only the first frame of a batch needs to wake it (and to un-flush).
             self._flushed.clear()
             self._wake_writer.set()
-        outbox.append((frame, pending))
+        outbox.append(frame)
+        if pending is not None:
+            self._outbox_pending.append(pending)
         self._outbox_bytes += len(frame)
 
     # -- the loops --------------------------------------------------------------------
@@ -545,17 +548,20 @@ class Connection:
                     wake.wait()
                     wake.clear()
                     continue
+                written = self._outbox_pending
                 self._outbox = []
+                self._outbox_pending = []
                 self._outbox_bytes = 0
                 self._drained.set()
-                if len(batch) == 1:
-                    data = batch[0][0]
-                else:
-                    data = b"".join([frame for frame, _ in batch])
-                for _, pending in batch:
-                    if pending is not None:
-                        pending.written = True
-                sock.sendall(data)
+                data = b"".join(batch)  # one frame: that frame itself, no copy
+                for pending in written:
+                    pending.written = True
+                # One write for the batch: send() takes all of it in one call unless the
+                # socket buffer is full, and only then sendall() (a getsockopt and a
+                # memoryview per call) writes the rest.
+                sent = sock.send(data)
+                if sent < len(data):
+                    sock.sendall(memoryview(data)[sent:])
                 self._last_write = time.monotonic()
                 self.stats.sent += len(batch)
         except (OSError, ssl.SSLError) as exc:
