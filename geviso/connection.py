@@ -131,11 +131,13 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
             timer = hub.loop.timer(timeout if timeout > 0.0 else 0.0, 0.0, True, -1)
             self.rawlink(switch)
             timer.start(switch, None, update=True)
+            woke_by: Any = None
             try:
-                waiter.get()
+                woke_by = waiter.get()
             finally:
                 timer.close()
-                self.unlink(switch)
+                if woke_by is not self:  # the result pops its link before calling it
+                    self.unlink(switch)
         return bool(self.ready())
 
 
