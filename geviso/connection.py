@@ -558,12 +558,7 @@ class Connection:
                 data = b"".join(batch)  # one frame: that frame itself, no copy
                 for pending in written:
                     pending.written = True
-                # One write for the batch: send() takes all of it in one call unless the
-                # socket buffer is full, and only then sendall() (a getsockopt and a
-                # memoryview per call) writes the rest.
-                sent = sock.send(data)
-                if sent < len(data):
-                    sock.sendall(memoryview(data)[sent:])
+                sock.sendall(data)  # every frame queued since the last write, in one call
                 self._last_write = time.monotonic()
                 self.stats.sent += len(batch)
         except (OSError, ssl.SSLError) as exc:
