@@ -114,7 +114,7 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         """Send ``doc`` to every connected client at once; each link maps to its
         response or the error it raised."""
         links = list(self.connections)
-        jobs = [gevent.spawn(conn.send, doc, timeout=timeout) for conn in links]
+        jobs = [gevent.spawn(_send_or_error, conn, doc, timeout) for conn in links]
         gevent.joinall(jobs)
         return {conn: (job.value if job.successful() else job.exception) for conn, job in zip(links, jobs)}
 
@@ -242,6 +242,15 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
+
+
+def _send_or_error(conn: Connection, doc: dict[str, str], timeout: Optional[float]) -> Any:
+    """``conn.send(doc)``'s response, or the error it raised: returned, never raised, since
+    gevent would print the greenlet's arguments (the message, PAN included) for an error."""
+    try:
+        return conn.send(doc, timeout=timeout)
+    except Exception as exc:
+        return exc
 
 
 def _close_quietly(conn: Connection, timeout: float) -> None:
