@@ -19,6 +19,7 @@ import gevent.event
 import gevent.server
 from gevent import socket
 
+from . import masking
 from .codec import Spec, codec_for
 from .connection import Address, Connection, parse_address
 from .errors import ConfigurationError, ConnectFailed, GevisoError, TooManyConnections
@@ -202,7 +203,7 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
     def _report(self, exc: BaseException) -> None:
         """Hand an error no caller can receive to ``on_error``, or log it."""
         if self.on_error is None:
-            log.warning("%s: %s", self, exc)
+            log.warning("%s: %s", self, masking.mask_text(str(exc)))
             return
         try:
             self.on_error(exc)
@@ -257,7 +258,7 @@ def _close_quietly(conn: Connection, timeout: float) -> None:
     try:
         conn.close(timeout=timeout)
     except GevisoError as exc:  # an on_close handler failed; the link is closed anyway
-        log.warning("closing %s: %s", conn, exc)
+        log.warning("closing %s: %s", conn, masking.mask_text(str(exc)))
 
 
 def _reuse_port_listener(address: Any, backlog: Optional[int], family: int) -> Any:
