@@ -29,7 +29,7 @@ from .codec import Spec, response_mti
 from .connection import Address, Connection
 from .errors import ConfigurationError, ConnectionClosed, GevisoError
 from .rules import CLOSE, DROP, LATE, Rule, RuleSet
-from .server import Server
+from .server import Server, _close_quietly
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class MockHost(Server):
         delay = rule.delay_seconds(self._random)
         if action == CLOSE:
             self.stats.closed += 1
-            self._delayed.add(gevent.spawn_later(delay, self._close_link, conn))
+            self._delayed.add(gevent.spawn_later(delay, _close_quietly, conn, 1.0))
         elif action == LATE:
             self._late.add(gevent.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, True))
         elif delay > 0:
@@ -280,12 +280,6 @@ class MockHost(Server):
         codes[code] = codes.get(code, 0) + 1
         if late:
             stats.late += 1
-
-    def _close_link(self, conn: Connection) -> None:
-        try:
-            conn.close(timeout=1.0)
-        except GevisoError as exc:
-            log.warning("closing %s: %s", conn, exc)
 
     # -- echoes to the clients ------------------------------------------------------------
     def start(self) -> None:
