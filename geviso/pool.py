@@ -186,7 +186,6 @@ class Pool:
         self._started = False
         self._closed = False
         self._cursor = 0
-        self._reconnects = 0
         #: Stats of every link this pool ever had, summed (``pool.stats`` shows them).
         self.totals = Totals()
         self._pid = os.getpid()
@@ -302,7 +301,7 @@ class Pool:
         slot.state = UP
         slot.ups += 1
         if slot.ups > 1:
-            self._reconnects += 1
+            self.totals.reconnects += 1
         slot.first_done.set()
         log.info("pool: link to %s up", slot.label)
         return conn
@@ -441,7 +440,6 @@ class Pool:
         data = self.totals.stats().as_dict()
         data.update(
             closed=self._closed,
-            reconnects=self._reconnects,
             in_flight=sum(conn.in_flight for conn in self.connections),
             usable=sum(1 for s in self._slots if self._usable(s.conn)),
             addresses=[s.as_dict() for s in self._slots],
