@@ -333,9 +333,11 @@ class Pool:
             raise NotConnected("pool used before connect()")
 
     def _pick(self, doc: Optional[Mapping[str, str]], exclude: Sequence[Connection] = ()) -> Optional[Connection]:
-        def ok(conn: Optional[Connection]) -> bool:
-            return self._usable(conn) and all(conn is not x for x in exclude)
-
+        usable = self._usable
+        # The usual send has tried no link yet: no closure, no test against ``exclude``.
+        ok: Callable[[Optional[Connection]], bool] = (
+            usable if not exclude else lambda conn: usable(conn) and all(conn is not x for x in exclude)
+        )
         slots = self._slots
         if self.strategy == ROUND_ROBIN:
             n = len(slots)
