@@ -98,15 +98,6 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
     written: bool
     mti: str
 
-    @property
-    def done(self) -> bool:
-        return bool(self.ready())
-
-    @property
-    def error(self) -> Optional[BaseException]:
-        exc: Optional[BaseException] = self.exception
-        return exc
-
     def resolve(self, value: Any = None, exc: Optional[BaseException] = None) -> bool:
         """Set the outcome unless one is set already; True if this call set it."""
         if self.ready():
