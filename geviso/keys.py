@@ -10,6 +10,8 @@ import functools
 from collections.abc import Hashable, Mapping
 from typing import Callable
 
+from .errors import ConfigurationError
+
 KeyFunction = Callable[[Mapping[str, str]], Hashable]
 
 
@@ -33,7 +35,7 @@ def stan_only(doc: Mapping[str, str]) -> Hashable:
 def fields(*names: str) -> KeyFunction:
     """A key from the values of ``names``, e.g. ``fields("41", "11")`` (terminal + STAN)."""
     if not names:
-        raise ValueError("fields() needs at least one field name")
+        raise ConfigurationError("fields() needs at least one field name")
 
     def key(doc: Mapping[str, str]) -> Hashable:
         return tuple(doc[name] for name in names)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .errors import ConfigurationError
+
 MAX_STAN = 999_999
 
 
@@ -18,7 +20,7 @@ class StanGenerator:
 
     def __init__(self, start: int = 1) -> None:
         if not 1 <= start <= MAX_STAN:
-            raise ValueError(f"a STAN is 1..{MAX_STAN}, got {start}")
+            raise ConfigurationError(f"a STAN is 1..{MAX_STAN}, got {start}")
         self._next = start
 
     def next(self) -> str:

@@ -13,6 +13,8 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
+from ..errors import ConfigurationError
+
 #: Upper bounds (seconds) of the latency histogram buckets; the last bucket is +Inf.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -38,7 +40,7 @@ class Histogram:
     def add(self, other: Histogram) -> None:
         """Add ``other``'s observations to this histogram (same bounds)."""
         if other.bounds != self.bounds:
-            raise ValueError("cannot add histograms with different buckets")
+            raise ConfigurationError("cannot add histograms with different buckets")
         self.counts = [a + b for a, b in zip(self.counts, other.counts)]
         self.sum += other.sum
         self.count += other.count
