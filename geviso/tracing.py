@@ -17,12 +17,12 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
+from .codec import Message
+
 if TYPE_CHECKING:
     from .connection import Connection
 
 log = logging.getLogger(__name__)
-
-Message = dict[str, str]
 
 
 class RequestListener(Protocol):
