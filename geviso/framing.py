@@ -303,9 +303,11 @@ class VmlhFraming(Framing):
         return (buffer[pos] << 8) | buffer[pos + 1]
 
     def is_control(self, header: bytes) -> bool:
+        """True when the fourth header byte's high nibble is 2 (session control)."""
         return header[3] >> 4 == 2
 
     def keepalive(self) -> bytes:
+        """A session-control frame with no body (VMLH's keep-alive)."""
         return b"\x00\x00\x00\x20"
 
 

@@ -515,6 +515,7 @@ class ISO8583User(User):
             self.declines_fail = True
 
     def on_stop(self) -> None:
+        """Close the user's own link, if it has one (the shared links close at test_stop)."""
         self.client.close()
 
 
