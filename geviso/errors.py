@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .masking import mask_text
+
 
 class GevisoError(Exception):
     """Base class of every geviso error."""
@@ -58,7 +60,9 @@ class Rejected(GevisoError):
 
     def __init__(self, reason: Any = None) -> None:
         self.reason = reason
-        super().__init__(f"request rejected: {reason}" if reason is not None else "request rejected")
+        # The reason may be (or quote) a message, such as the 0620 itself: its text is masked.
+        shown = f"request rejected: {mask_text(str(reason))}" if reason is not None else "request rejected"
+        super().__init__(shown)
 
 
 class Declined(GevisoError):
