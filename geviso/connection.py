@@ -744,13 +744,10 @@ class Connection:
                     self.on_close(self)
                 except Exception as exc:
                     self._close_error = exc
-                finally:
-                    self._closer = None
             self._closer = None
             if self._pending:
                 self._idle.clear()
-                if self._pending:
-                    self._idle.wait(max(0.0, deadline - time.monotonic()))
+                self._idle.wait(max(0.0, deadline - time.monotonic()))
             # Let the writer flush what is queued (replies, a last frame) before the socket goes.
             if self._state == CLOSING:
                 self._flushed.wait(max(0.0, deadline - time.monotonic()))
