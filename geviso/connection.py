@@ -688,7 +688,8 @@ class Connection:
             if self._state in (CLOSING, CLOSED):
                 # The link went away under the handler (a reply or ping racing the close):
                 # on_closed / on_failed tell that story, so this is no extra error.
-                log.info("%s: %s ended by the close: %s", self, getattr(handler, "__name__", "handler"), exc)
+                name = getattr(handler, "__name__", "handler")
+                log.info("%s: %s ended by the close: %s", self, name, masking.mask_text(str(exc)))
             else:
                 self._handler_failed(handler, exc)
         except Exception as exc:
