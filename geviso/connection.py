@@ -98,6 +98,13 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
     written: bool
     mti: str
 
+    def __str__(self) -> str:
+        """No value shown: gevent's own ``str()`` would print the response, PAN included
+        (and the hub prints ``str()`` of a result whose link callback failed)."""
+        return f"<geviso pending request mti={getattr(self, 'mti', '?')} {'done' if self.ready() else 'waiting'}>"
+
+    __repr__ = __str__
+
     def resolve(self, value: Any = None, exc: Optional[BaseException] = None) -> bool:
         """Set the outcome unless one is set already; True if this call set it."""
         if self.ready():
