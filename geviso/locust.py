@@ -612,7 +612,7 @@ def _add_options(parser: Any, **_: Any) -> None:
         "--iso-framing",
         default=DEFAULTS["iso_framing"],
         choices=list(FRAMINGS),
-        help="length framing: binary2, binary4, ascii4, bcd2, hex4, vmlh (default binary2)",
+        help=f"length framing: {', '.join(FRAMINGS)} (default binary2)",
     )
     group.add_argument(
         "--iso-spec",
