@@ -52,6 +52,7 @@ from gevent import socket
 from . import specs
 from .codec import Codec, CompiledCodec, Spec, codec_for, response_mti
 from .connection import Connection, parse_address
+from .framing import BY_NAME as FRAMINGS
 from .framing import by_name as framing_by_name
 
 WORKLOADS = ("burst", "closed-loop", "codec", "transport", "memory")
@@ -581,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", default="1,10,100", help="closed-loop/transport senders (default 1,10,100)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the best is shown")
     parser.add_argument("--spec", default="default", help="spec name or package.module:SPEC (default: default)")
-    parser.add_argument("--framing", default="binary2", help="framing name (default binary2)")
+    parser.add_argument("--framing", default="binary2", choices=sorted(FRAMINGS), help="(default binary2)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     return parser
