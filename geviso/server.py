@@ -12,7 +12,7 @@ import logging
 import socket as _stdlib_socket
 import ssl
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import gevent
 import gevent.event
@@ -21,15 +21,13 @@ from gevent import socket
 
 from . import masking
 from .codec import Spec, codec_for
-from .connection import Address, Connection, parse_address
+from .connection import Address, Connection, Handler, parse_address
 from .errors import ConfigurationError, ConnectFailed, GevisoError, TooManyConnections
 from .framing import Framing, binary
 from .metrics import LinkStats, Totals
 from .tls import wrap as tls_wrap
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[..., Any]
 
 #: Links a server holds at once unless told otherwise.
 DEFAULT_MAX_CONNECTIONS = 1000
