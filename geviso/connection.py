@@ -71,8 +71,11 @@ LATE_KEYS_KEPT = 4096
 def parse_address(address: Address) -> tuple[str, int]:
     """``"host:port"``, ``"[v6]:port"`` or ``(host, port)`` as a ``(host, port)`` tuple."""
     if isinstance(address, tuple):
-        host, port = address
-        return str(host), int(port)
+        try:
+            host, port = address
+            return str(host), int(port)
+        except (TypeError, ValueError):
+            raise errors.ConfigurationError(f"address {address!r} is not (host, port)") from None
     text = str(address)
     for scheme in ("tcp://", "tls://"):
         if text.startswith(scheme):
