@@ -310,11 +310,16 @@ class Links:
         with self._lock:
             pool, self._pool = self._pool, None
         own, self._own = list(self._own), set()
-        for conn in own:
-            conn.close(timeout=self.settings.timeout)
-        if pool is not None:
-            pool.close()
-            log.info("links to %s:%d closed (%d late responses so far)", *self.settings.address, self.late)
+        try:
+            for conn in own:
+                try:
+                    conn.close(timeout=self.settings.timeout)
+                except errors.GevisoError as exc:  # e.g. a declined sign-off: close the others anyway
+                    log.warning("closing %s: %s", conn, exc)
+        finally:
+            if pool is not None:
+                pool.close()
+                log.info("links to %s:%d closed (%d late responses so far)", *self.settings.address, self.late)
 
     def _on_stop(self, environment: Environment, **_: Any) -> None:
         if environment is self.environment:
