@@ -174,7 +174,7 @@ class MockHost(Server):
             raise ConfigurationError("a MockHost answers by itself; give it rules, not on_inbound")
         if echo_interval is not None and echo_interval <= 0:
             raise ConfigurationError("echo_interval must be positive seconds")
-        self.rules = _rule_set(rules)
+        self.rules = rules  # the setter compiles any source
         spec = spec if spec is not None else default_spec
         server_options.setdefault("inline_inbound", True)  # _answer never blocks
         super().__init__(address, spec, on_inbound=self._answer, **server_options)
@@ -188,7 +188,6 @@ class MockHost(Server):
         self.echo_interval = echo_interval
         self.echo_timeout = echo_timeout
         self.stats = MockStats(self)
-        self._rules = self.rules.rules  # a tuple: nothing to check per request when empty
         self._random = random.Random(seed)
         self._response_mtis: dict[str, str] = {}
         self._approval = 0
@@ -322,6 +321,17 @@ class MockHost(Server):
         self._late.kill(block=False)
         self._delayed.join(timeout=max(0.0, deadline - time.monotonic()))
         self._delayed.kill(block=False)
+
+    @property
+    def rules(self) -> RuleSet:
+        """The compiled rules, first match wins. Assign any rules source (a RuleSet, rule
+        dicts or a file path) to change them, also while the host runs."""
+        return self._rule_set
+
+    @rules.setter
+    def rules(self, source: RulesSource) -> None:
+        self._rule_set = _rule_set(source)
+        self._rules = self._rule_set.rules  # a tuple: nothing to check per request when empty
 
     def __repr__(self) -> str:
         return f"<geviso.MockHost {self.address} links={len(self.connections)} rules={len(self.rules)}>"

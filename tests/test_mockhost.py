@@ -282,3 +282,12 @@ def test_mutual_tls_to_the_mock_host(hosts, clients, certs):
     with pytest.raises(geviso.ConnectFailed):
         geviso.Connection(host.address, spec, tls=wrong_ca, connect_timeout=3).connect()
     assert host.stats.responded == 1
+
+
+def test_rules_assigned_while_running_take_effect(hosts, clients):
+    host = hosts()
+    conn = clients(host)
+    request = {"t": "0200", "3": "000000", "4": "000000000100"}
+    assert conn.send(request)["39"] == "00"
+    host.rules = [{"name": "decline all", "match": {"mti": "0200"}, "code": "05"}]
+    assert conn.send(request)["39"] == "05"
