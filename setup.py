@@ -3,7 +3,9 @@ from setuptools import find_packages, setup
 setup(
     name="geviso",
     version="0.1.0",
-    description="gevent ISO 8583 links: interleaved requests on one TCP/TLS link, pools, a mock card host, Locust load tests",
+    description=(
+        "gevent ISO 8583 links: interleaved requests on one TCP/TLS link, pools, a mock card host, Locust load tests"
+    ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",

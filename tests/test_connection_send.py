@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 
 import gevent
 import gevent.event
@@ -226,6 +227,78 @@ def test_send_timeout_default_and_per_call(echo_host, held, links):
     with pytest.raises(geviso.SendTimeout, match="0.05s"):
         conn.send({"t": "0800", "70": "301"}, timeout=0.05)
     assert conn.in_flight == 0 and conn.stats.timeouts == 2 and conn.state == "open"
+    held.release()
+
+
+def test_staggered_sends_each_time_out_at_their_own_deadline(echo_host, held, links):
+    """One reaper per link times out waiting sends one deadline at a time: a send made
+    later expires later, not with the first one."""
+    conn = links(echo_host.address, send_timeout=0.4)
+    started = time.monotonic()
+    ended: dict[int, float] = {}
+
+    def send(i: int) -> None:
+        with pytest.raises(geviso.SendTimeout, match="0.4s"):
+            conn.send({"t": "0800", "11": "%06d" % i, "70": "301"})
+        ended[i] = time.monotonic() - started
+
+    jobs = []
+    for i in range(1, 4):
+        jobs.append(gevent.spawn(send, i))
+        gevent.sleep(0.2)
+    gevent.joinall(jobs, timeout=10, raise_error=True)
+    # Each one no sooner than its own 0.4 s after it was sent (0.0, 0.2, 0.4 s), whatever the
+    # load; the generous upper bound only proves none waits for another.
+    for i, sent_at in ((1, 0.0), (2, 0.2), (3, 0.4)):
+        assert sent_at + 0.4 <= ended[i] < sent_at + 0.4 + 3.0
+    assert ended[1] < ended[2] < ended[3]
+    assert conn.stats.timeouts == 3 and conn.in_flight == 0
+    held.release()
+
+
+def test_short_timeout_behind_a_long_one_times_out_on_time(echo_host, held, links):
+    """A send whose deadline is earlier than one already waiting (a shorter per-call
+    timeout) still times out at its own deadline, and the long one keeps waiting."""
+    conn = links(echo_host.address, send_timeout=30.0)
+    long_wait = gevent.spawn(conn.send, {"t": "0100", "11": "000001", "4": "000000000100"})
+    assert wait_until(lambda: len(held.items) == 1)
+    started = time.monotonic()
+    with pytest.raises(geviso.SendTimeout, match="0.1s"):
+        conn.send({"t": "0800", "11": "000002", "70": "301"}, timeout=0.1)
+    assert 0.1 <= time.monotonic() - started < 5.0
+    assert not long_wait.ready() and conn.in_flight == 1
+    assert held.release() == 2
+    assert long_wait.get(timeout=5)["t"] == "0110"
+    assert wait_until(lambda: conn.stats.late == 1) and conn.stats.timeouts == 1
+
+
+def test_shorter_timeout_after_a_longer_answered_one_times_out_at_its_own_deadline(echo_host, held, links):
+    """Once nothing is waiting, a send with a shorter timeout than the last one is timed
+    out at its own deadline, not the earlier, longer one's."""
+    conn = links(echo_host.address)
+    echo_host.answer = lambda c, d: c.reply(respond(d))
+    assert conn.send({"t": "0800", "11": "000001", "70": "301"}, timeout=30.0)["t"] == "0810"
+    echo_host.answer = held
+    started = time.monotonic()
+    with pytest.raises(geviso.SendTimeout, match="0.1s"):
+        conn.send({"t": "0800", "11": "000002", "70": "301"}, timeout=0.1)
+    assert 0.1 <= time.monotonic() - started < 5.0
+    held.release()
+
+
+def test_sender_killed_while_waiting_leaves_nothing_pending(echo_host, held, links):
+    """A caller's own gevent.Timeout (or a kill) ends its wait: its request is no longer
+    in flight, and the link's later sends still time out and get answers."""
+    conn = links(echo_host.address, send_timeout=0.2)
+    with pytest.raises(gevent.Timeout):
+        with gevent.Timeout(0.05):
+            conn.send({"t": "0800", "11": "000001", "70": "301"})
+    assert conn.in_flight == 0
+    with pytest.raises(geviso.SendTimeout):
+        conn.send({"t": "0800", "11": "000002", "70": "301"})
+    echo_host.answer = lambda c, d: c.reply(respond(d))
+    assert conn.send({"t": "0800", "11": "000003", "70": "301"})["t"] == "0810"
+    assert conn.stats.timeouts == 1 and conn.in_flight == 0
     held.release()
 
 
