@@ -439,7 +439,7 @@ class Connection:
         """
         if self.listeners:
             return traced_send(self, self._send, self.listeners, doc, timeout)
-        return self._send(doc, timeout=timeout)
+        return self._send(doc, timeout)
 
     def _send(self, doc: Mapping[str, str], timeout: Optional[float] = None) -> Message:
         if self._state != OPEN:
@@ -662,7 +662,7 @@ class Connection:
     def _read_loop(self) -> None:
         sock = self._sock
         decoder = self._decoder
-        handle = self._handle_frame
+        handle = self._handle_frames
         try:
             while True:
                 data = sock.recv(RECV_SIZE)
@@ -676,16 +676,15 @@ class Connection:
                     self._last_read = time.monotonic()
                 debug = log.isEnabledFor(logging.DEBUG)  # once per recv, not per frame
                 count = len(payloads)
+                self.stats.received += count
                 if count <= READ_BATCH:
-                    for payload in payloads:
-                        handle(payload, debug)
+                    handle(payloads, debug)
                 else:
                     every = max(READ_BATCH, count // READ_PARTS)
                     for first in range(0, count, every):
                         if first:
                             gevent.sleep(0)  # answered senders and the writer go first: see READ_BATCH
-                        for payload in payloads[first : first + every]:
-                            handle(payload, debug)
+                        handle(payloads[first : first + every], debug)
                 self.stats.keepalives = decoder.keepalives
                 if decoder.error is not None:  # frames before a bad header were delivered first
                     raise decoder.error
@@ -707,31 +706,50 @@ class Connection:
         self._report(exc)
         self._fail(exc)
 
-    def _handle_frame(self, payload: bytes, debug: bool = False) -> None:
+    def _handle_frames(self, payloads: Sequence[bytes], debug: bool) -> None:
+        """Decode each frame and hand a response to the send waiting for it: the path
+        every response takes, so it is inlined here, with what it needs looked up once
+        per ``recv``. Anything else goes to :meth:`_handle_other`."""
         stats = self.stats
-        stats.received += 1
+        decode = self.codec.decode
+        key = self.key
+        waiting = self._pending
+        wake = self._run_callback
+        matched = 0
         try:
-            doc = self.codec.decode(payload)
-        except errors.DecodeError as exc:
-            stats.errors += 1
-            self._report(exc)
-            return
-        mti = doc.get("t", "")
-        if debug:
-            log.debug("recv %s on %s", masking.describe(doc), self)
-        response = is_response(mti)
+            for payload in payloads:
+                try:
+                    doc = decode(payload)
+                except errors.DecodeError as exc:
+                    stats.errors += 1
+                    self._report(exc)
+                    continue
+                mti = doc.get("t", "")
+                if debug:
+                    log.debug("recv %s on %s", masking.describe(doc), self)
+                if not is_response(mti):
+                    self._handle_other(doc, False, None)
+                    continue
+                try:
+                    resp_key: Optional[Hashable] = key(doc)
+                except Exception:  # no key in this response: it cannot match, so it is unmatched
+                    resp_key = None
+                pending = waiting.get(resp_key)
+                if pending is not None and not pending.ready():
+                    pending.set(doc)  # resolve(), inlined
+                    if pending.sender is not None:
+                        wake(_wake_sender, pending)
+                    matched += 1
+                else:
+                    self._handle_other(doc, True, resp_key)
+        finally:
+            stats.matched += matched
+
+    def _handle_other(self, doc: Message, response: bool, resp_key: Optional[Hashable]) -> None:
+        """A request from the peer, or a response no send is waiting for (late or stray)."""
+        stats = self.stats
+        late = False
         if response:
-            try:
-                resp_key: Optional[Hashable] = self.key(doc)
-            except Exception:  # no key in this response: it cannot match, so it is unmatched
-                resp_key = None
-            pending = self._pending.get(resp_key)
-            if pending is not None and not pending.ready():
-                pending.set(doc)  # resolve(), inlined: once per response
-                if pending.sender is not None:
-                    self._run_callback(_wake_sender, pending)
-                stats.matched += 1
-                return
             stats.unmatched += 1
             late = resp_key in self._timed_out
             if late:

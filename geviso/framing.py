@@ -58,6 +58,13 @@ class Framing:
         self.tpdu = bytes(tpdu) if tpdu is not None else None
         self.max_length = min(max_length, self.header_limit - (header_size if include_header else 0))
 
+    @property
+    def header_struct(self) -> Optional[struct.Struct]:
+        """A ``struct.Struct`` that reads the header, for framings whose frames are just a
+        binary length and a payload (no TPDU, no session control, the length of the
+        payload alone): their decoder splits frames in one step each. None otherwise."""
+        return None
+
     # -- the two methods a custom framing implements -------------------------------
     def pack_length(self, length: int) -> bytes:
         """The header bytes for a body of ``length`` bytes (already range-checked)."""
@@ -145,37 +152,13 @@ class FrameDecoder:
             buf += data
             work = buf
         size = len(work)
-        hsize = framing.header_size
-        length_at = framing.length_at
-        control_check = framing.is_control if framing.has_control else None
-        max_length = framing.max_length
-        adjust = hsize if framing.include_header else 0
-        tpdu = framing.tpdu is not None
         frames: list[bytes] = []
-        pos = 0
         try:
-            while size - pos >= hsize:
-                length = length_at(work, pos)
-                control = control_check is not None and control_check(bytes(work[pos : pos + hsize]))
-                if adjust:
-                    length -= adjust
-                    if length < 0:
-                        raise FramingError("length header smaller than the header itself")
-                if length > max_length or length < 0:
-                    raise FramingError(f"length header says {length} bytes, outside 0..{max_length}")
-                end = pos + hsize + length
-                if end > size:
-                    break
-                if length == 0 or control:
-                    self.keepalives += 1
-                elif tpdu:
-                    if length < TPDU_SIZE:
-                        raise FramingError("frame shorter than its TPDU")
-                    self.last_tpdu = bytes(work[pos + hsize : pos + hsize + TPDU_SIZE])
-                    frames.append(bytes(work[pos + hsize + TPDU_SIZE : end]))
-                else:
-                    frames.append(bytes(work[pos + hsize : end]))
-                pos = end
+            header = framing.header_struct
+            if header is not None:
+                pos = self._split_binary(work, size, header.unpack_from, frames)
+            else:
+                pos = self._split(work, size, frames)
         except FramingError as exc:
             self.error = exc
             del buf[:]
@@ -188,6 +171,65 @@ class FrameDecoder:
         elif pos < size:
             buf += work[pos:]
         return frames
+
+    def _split_binary(
+        self, work: Union[bytes, bytearray], size: int, unpack_from: Callable[..., tuple[int]], frames: list[bytes]
+    ) -> int:
+        """:meth:`_split` for a plain binary length header (see ``Framing.header_struct``):
+        once per frame, so with nothing a plain header does not need."""
+        framing = self._framing
+        hsize = framing.header_size
+        max_length = framing.max_length
+        append = frames.append
+        pos = 0
+        while size - pos >= hsize:
+            length = unpack_from(work, pos)[0]
+            if length > max_length:
+                raise FramingError(f"length header says {length} bytes, outside 0..{max_length}")
+            end = pos + hsize + length
+            if end > size:
+                break
+            if length:
+                append(bytes(work[pos + hsize : end]))
+            else:
+                self.keepalives += 1
+            pos = end
+        return pos
+
+    def _split(self, work: Union[bytes, bytearray], size: int, frames: list[bytes]) -> int:
+        """Append the payload of every complete frame in ``work[:size]`` to ``frames``;
+        return where the first incomplete one starts."""
+        framing = self._framing
+        hsize = framing.header_size
+        length_at = framing.length_at
+        control_check = framing.is_control if framing.has_control else None
+        max_length = framing.max_length
+        adjust = hsize if framing.include_header else 0
+        tpdu = framing.tpdu is not None
+        pos = 0
+        while size - pos >= hsize:
+            length = length_at(work, pos)
+            control = control_check is not None and control_check(bytes(work[pos : pos + hsize]))
+            if adjust:
+                length -= adjust
+                if length < 0:
+                    raise FramingError("length header smaller than the header itself")
+            if length > max_length or length < 0:
+                raise FramingError(f"length header says {length} bytes, outside 0..{max_length}")
+            end = pos + hsize + length
+            if end > size:
+                break
+            if length == 0 or control:
+                self.keepalives += 1
+            elif tpdu:
+                if length < TPDU_SIZE:
+                    raise FramingError("frame shorter than its TPDU")
+                self.last_tpdu = bytes(work[pos + hsize : pos + hsize + TPDU_SIZE])
+                frames.append(bytes(work[pos + hsize + TPDU_SIZE : end]))
+            else:
+                frames.append(bytes(work[pos + hsize : end]))
+            pos = end
+        return pos
 
 
 class BinaryFraming(Framing):
@@ -202,6 +244,10 @@ class BinaryFraming(Framing):
         self.header_limit = 2 ** (8 * size) - 1
         self.name = f"binary{size}"
         super().__init__(size, **options)  # type: ignore[arg-type]
+
+    @property
+    def header_struct(self) -> Optional[struct.Struct]:
+        return self._struct if self.tpdu is None and not self.include_header else None
 
     def pack_length(self, length: int) -> bytes:
         return self._struct.pack(length)
