@@ -25,7 +25,7 @@ from gevent import getcurrent, socket
 from gevent.hub import Waiter, get_hub
 
 from . import errors, keys, masking
-from .codec import Codec, Message, Spec, codec_for, is_response
+from .codec import Codec, Message, Spec, codec_for
 from .errors import (
     ConnectFailed,
     ConnectionClosed,
@@ -110,7 +110,7 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
     #: timer of its own (:meth:`wait_done`) and the reaper passes it by.
     deadline: float
     timeout: float
-    #: The greenlet blocked in :meth:`wait_resolved`, or None.
+    #: The greenlet waiting for it (see ``Connection._send``), or None.
     sender: Any
 
     def __str__(self) -> str:
@@ -132,22 +132,6 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
         if self.sender is not None:
             get_hub().loop.run_callback(_wake_sender, self)
         return True
-
-    def wait_resolved(self) -> None:
-        """Block until resolved, however long: the link's reaper resolves it at its
-        deadline. No ``Waiter``, link or timer per request: measured 0.5 µs a request
-        faster than ``get()`` and 0.8 µs faster than :meth:`wait_done`."""
-        if self.ready():
-            return
-        self.sender = getcurrent()
-        hub = get_hub()
-        try:
-            while not self.ready():  # anything else switching in is ignored, as Waiter would
-                hub.switch()
-        finally:
-            # Killed or a gevent.Timeout while waiting, or woken by something else after
-            # the outcome was set: a wake-up still queued must not switch in later.
-            self.sender = None
 
     def wait_done(self, timeout: float) -> bool:
         """Block until resolved (True) or until ``timeout`` seconds pass (False): for a
@@ -482,7 +466,19 @@ class Connection:
                 pending.timeout = timeout
                 if deadline < self._reap_at:
                     self._arm_reaper(deadline)
-                pending.wait_resolved()
+                if not pending.ready():
+                    # Wait, however long: the reaper resolves it at its deadline. No Waiter,
+                    # link or timer per request; resolve() switches back here (measured
+                    # 0.8 us a request less than wait_done, 0.5 us less than get()).
+                    pending.sender = getcurrent()
+                    hub = get_hub()
+                    try:
+                        while not pending.ready():  # anything else switching in is ignored
+                            hub.switch()
+                    finally:
+                        # Killed, or a gevent.Timeout, while waiting; or woken by something
+                        # else after the outcome was set: a queued wake-up must not switch in.
+                        pending.sender = None
             elif not pending.wait_done(deadline - time.monotonic()):
                 self._expire(pending, timeout)
             error = pending.exception
@@ -727,7 +723,7 @@ class Connection:
                 mti = doc.get("t", "")
                 if debug:
                     log.debug("recv %s on %s", masking.describe(doc), self)
-                if not is_response(mti):
+                if not (len(mti) >= 3 and mti[2] in "13579"):  # not is_response(mti): inlined
                     self._handle_other(doc, False, None)
                     continue
                 try:

@@ -22,9 +22,22 @@ def mti_pair(mti: str) -> str:
     return mti[:2] + "02468"[int(mti[2]) >> 1] if len(mti) >= 3 and mti[2].isdigit() else mti[:3]
 
 
+#: MTI -> the prefix of its keys ("0100" -> "010:"), for the MTIs a process has seen.
+_PREFIXES: dict[str, str] = {}
+_PREFIXES_KEPT = 256
+
+
 def default(doc: Mapping[str, str]) -> Hashable:
-    """STAN plus the paired MTI: a 0400 reusing a pending 0100's STAN does not collide."""
-    return (mti_pair(doc["t"]), doc["11"])
+    """STAN plus the paired MTI, as one string (``"010:000001"`` for a 0100 or its 0110):
+    a 0400 reusing a pending 0100's STAN does not collide. A string, not a tuple: it
+    hashes once, however many times the connection looks it up."""
+    mti = doc["t"]
+    prefix = _PREFIXES.get(mti)
+    if prefix is None:
+        prefix = f"{mti_pair(mti)}:"
+        if len(_PREFIXES) < _PREFIXES_KEPT:  # a peer sending garbage MTIs cannot grow it
+            _PREFIXES[mti] = prefix
+    return f"{prefix}{doc['11']}"
 
 
 def stan_only(doc: Mapping[str, str]) -> Hashable:

@@ -11,7 +11,7 @@ from conftest import respond, wait_until
 from iso8583.specs import default as spec
 
 import geviso
-from geviso.metrics import Histogram, LinkStats, Totals, snapshot
+from geviso.metrics import LATENCY_BUCKETS, Histogram, LinkStats, Totals, snapshot
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -56,6 +56,34 @@ def test_link_stats_add_copy_and_round_trip():
     assert a.sent == 3 and a.requests == 1  # the copy is independent
     again = LinkStats.from_dict(json.loads(json.dumps(total.as_dict())))
     assert again.as_dict() == total.as_dict()
+
+
+def test_link_stats_count_every_recorded_send_across_batches():
+    """Successful sends are counted in batches: whenever the stats are read, every send
+    recorded so far is in ``by_outcome`` and the histogram, on either side of a batch."""
+    stats = LinkStats()
+    oks = LinkStats.BIN_EVERY + 44
+    for i in range(oks):
+        stats.record("0200", "ok", 0.0001 if i % 2 else 0.003)
+        if i < 5:
+            stats.record("0100", "ok", 0.02)
+    stats.record("0200", "SendTimeout", 30.0)
+    assert stats.by_outcome == {("0200", "ok"): oks, ("0100", "ok"): 5, ("0200", "SendTimeout"): 1}
+    assert stats.requests == stats.latency.count == oks + 6
+    assert stats.latency.counts[0] == oks // 2  # the 0.1 ms ones, in the first bucket
+    assert stats.latency.sum == pytest.approx(oks // 2 * 0.0001 + oks // 2 * 0.003 + 5 * 0.02 + 30.0)
+    stats.record("0200", "ok", 0.003)
+    assert stats.by_outcome[("0200", "ok")] == oks + 1 and stats.latency.count == oks + 7
+
+
+def test_batched_latencies_fall_in_the_buckets_observe_puts_them_in():
+    values = [*LATENCY_BUCKETS, *(b * 1.01 for b in LATENCY_BUCKETS), 0.0, 1e-9, 99.0]
+    stats, hist = LinkStats(), Histogram()
+    for value in values * 3:
+        stats.record("0800", "ok", value)
+        hist.observe(value)
+    assert stats.latency.counts == hist.counts and stats.latency.count == hist.count
+    assert stats.latency.sum == pytest.approx(hist.sum)
 
 
 def test_connection_counts_sends_timeouts_and_late_responses(echo_host):

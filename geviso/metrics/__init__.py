@@ -9,12 +9,16 @@ a link closes. :func:`snapshot` turns a connection, pool or server into one plai
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 from ..errors import ConfigurationError
 
+#: Latencies of successful sends wait, per MTI, in lists of up to this many before they
+#: are counted into ``LinkStats.by_outcome`` and the histogram in one pass (and whenever
+#: either is read): once per request, an append costs less than a bucket search.
+BIN_EVERY = 256
 #: Upper bounds (seconds) of the latency histogram buckets; the last bucket is +Inf.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -106,7 +110,8 @@ class LinkStats:
         "keepalives",  # zero-length / session-control frames received
         "reconnects",  # links a pool opened again after one closed (0 on a single link)
     )
-    __slots__ = (*COUNTERS, "latency", "by_outcome")
+    __slots__ = (*COUNTERS, "_latency", "_by_outcome", "_unbinned")
+    BIN_EVERY = BIN_EVERY
     sent: int
     received: int
     matched: int
@@ -123,20 +128,64 @@ class LinkStats:
     def __init__(self) -> None:
         for name in self.COUNTERS:
             setattr(self, name, 0)
-        self.latency = Histogram()
-        #: (mti, outcome) -> count; outcome is "ok" or an error class name.
-        self.by_outcome: dict[tuple[str, str], int] = {}
+        self._latency = Histogram()
+        self._by_outcome: dict[tuple[str, str], int] = {}
+        self._unbinned: dict[str, list[float]] = {}  # mti -> latencies of "ok" sends not yet counted
 
     def record(self, mti: str, outcome: str, seconds: float) -> None:
         """One finished send(): its request MTI, ``"ok"`` or the error's class name, and
         how long it took."""
+        if outcome == "ok":  # once per request: a list append, counted later in a batch
+            waiting = self._unbinned.get(mti)
+            if waiting is None:
+                waiting = self._unbinned[mti] = []
+            waiting.append(seconds)
+            if len(waiting) >= BIN_EVERY:
+                self._bin()
+            return
         key = (mti, outcome)
-        by_outcome = self.by_outcome
-        by_outcome[key] = by_outcome.get(key, 0) + 1
-        latency = self.latency  # Histogram.observe, inlined: this runs once per request
-        latency.counts[bisect_left(latency.bounds, seconds)] += 1
-        latency.sum += seconds
-        latency.count += 1
+        self._by_outcome[key] = self._by_outcome.get(key, 0) + 1
+        self._latency.observe(seconds)
+
+    def _bin(self) -> None:
+        """Count the waiting latencies into ``by_outcome`` and the histogram: sorted once,
+        then each bucket's share found by one search (not one search per latency)."""
+        unbinned = self._unbinned
+        if not unbinned:
+            return
+        self._unbinned = {}
+        by_outcome, latency = self._by_outcome, self._latency
+        waiting: list[float] = []
+        for mti, samples in unbinned.items():
+            key = (mti, "ok")
+            by_outcome[key] = by_outcome.get(key, 0) + len(samples)
+            waiting += samples
+        waiting.sort()
+        counts, below = latency.counts, 0
+        for i, bound in enumerate(latency.bounds):  # bucket i: the values <= bound, as observe()
+            upto = bisect_right(waiting, bound, below)
+            counts[i] += upto - below
+            below = upto
+        counts[-1] += len(waiting) - below
+        latency.sum += sum(waiting)
+        latency.count += len(waiting)
+
+    @property
+    def latency(self) -> Histogram:
+        """Every finished send's latency (seconds)."""
+        self._bin()
+        return self._latency
+
+    @latency.setter
+    def latency(self, histogram: Histogram) -> None:
+        self._bin()
+        self._latency = histogram
+
+    @property
+    def by_outcome(self) -> dict[tuple[str, str], int]:
+        """(mti, outcome) -> count; outcome is "ok" or an error class name."""
+        self._bin()
+        return self._by_outcome
 
     @property
     def requests(self) -> int:
