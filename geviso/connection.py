@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket as _stdlib_socket
 import ssl
+import sys
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Callable, Optional, Union
@@ -130,7 +131,7 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
         else:
             self.set(value)
         if self.sender is not None:
-            get_hub().loop.run_callback(_wake_sender, self)
+            get_hub().loop.run_callback(_wake_senders, (self,))
         return True
 
     def wait_done(self, timeout: float) -> bool:
@@ -159,13 +160,19 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
         return bool(self.ready())
 
 
-def _wake_sender(pending: _Pending) -> None:
-    """The loop callback :meth:`_Pending.resolve` queues: switch to the sender if it
-    still waits for this request."""
-    sender = pending.sender
-    if sender is not None:
-        pending.sender = None
-        sender.switch(pending)
+def _wake_senders(resolved: Sequence[_Pending]) -> None:
+    """The loop callback that wakes the senders of resolved requests, each that still
+    waits, in turn: each runs until it blocks again, which switches back here. One
+    callback for all the responses of a ``recv`` (as gevent's own link walk does),
+    not one per response."""
+    for pending in resolved:
+        sender = pending.sender
+        if sender is not None:
+            pending.sender = None
+            try:
+                sender.switch(pending)
+            except BaseException:  # noqa: B036 - raised in us, its parent, by a greenlet that ended with an error
+                get_hub().handle_error(sender, *sys.exc_info())  # as the loop would: report, wake the rest
 
 
 class Connection:
@@ -710,8 +717,7 @@ class Connection:
         decode = self.codec.decode
         key = self.key
         waiting = self._pending
-        wake = self._run_callback
-        matched = 0
+        resolved: list[_Pending] = []  # their senders are woken together, after the loop
         try:
             for payload in payloads:
                 try:
@@ -733,13 +739,13 @@ class Connection:
                 pending = waiting.get(resp_key)
                 if pending is not None and not pending.ready():
                     pending.set(doc)  # resolve(), inlined
-                    if pending.sender is not None:
-                        wake(_wake_sender, pending)
-                    matched += 1
+                    resolved.append(pending)
                 else:
                     self._handle_other(doc, True, resp_key)
         finally:
-            stats.matched += matched
+            if resolved:
+                stats.matched += len(resolved)
+                self._run_callback(_wake_senders, resolved)
 
     def _handle_other(self, doc: Message, response: bool, resp_key: Optional[Hashable]) -> None:
         """A request from the peer, or a response no send is waiting for (late or stray)."""

@@ -302,6 +302,26 @@ def test_sender_killed_while_waiting_leaves_nothing_pending(echo_host, held, lin
     held.release()
 
 
+def test_a_caller_greenlet_dying_with_an_error_does_not_keep_the_others_waiting(echo_host, held, links):
+    """Answers that arrive together wake their callers in turn; a raw greenlet that ends
+    with an error right after its answer (the error is raised in its parent, the hub)
+    is reported, and the callers after it still get theirs."""
+    conn = links(echo_host.address)
+    answered: list[str] = []
+
+    def caller(i: int) -> None:
+        answered.append(conn.send({"t": "0800", "11": "%06d" % (i + 1), "70": "301"})["11"])
+        if i == 0:
+            raise RuntimeError("a bug in the caller, after its answer")
+
+    for i in range(10):
+        gevent.spawn_raw(caller, i)
+    assert wait_until(lambda: len(held.items) == 10)
+    assert held.release() == 10
+    assert wait_until(lambda: len(answered) == 10), answered
+    assert sorted(answered) == ["%06d" % (i + 1) for i in range(10)]
+
+
 def test_reject_fails_the_pending_send_with_rejected(echo_host, held, links):
     conn = links(echo_host.address)
     job = gevent.spawn(conn.send, {"t": "0100", "11": "000009"})
