@@ -465,7 +465,15 @@ class Connection:
             pending.key, pending.mti, pending.seq, pending.deadline, pending.sender = req_key, mti, 0, -1.0, None
             in_flight[req_key] = pending
             deadline = started + timeout
-            self._enqueue(frame, pending, deadline)
+            outbox = self._outbox
+            if outbox and self._outbox_bytes < self.max_write_buffer:
+                # _enqueue's usual case, inlined: the writer is awake (it sleeps only on an
+                # empty outbox) and there is room.
+                outbox.append(frame)
+                self._outbox_bytes += len(frame)
+                self._queued = pending.seq = self._queued + 1
+            else:
+                self._enqueue(frame, pending, deadline)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("send %s on %s", masking.describe(msg), self)
             if deadline >= self._last_deadline:  # in deadline order: the reaper times it out
@@ -501,8 +509,8 @@ class Connection:
         finally:
             if pending is not None:
                 in_flight = self._pending
-                if in_flight.get(pending.key) is pending:
-                    del in_flight[pending.key]
+                if in_flight.get(req_key) is pending:
+                    del in_flight[req_key]
                 if not in_flight:
                     self._idle.set()
                     self._last_deadline = -INF  # nothing watched: any deadline is in order
