@@ -99,7 +99,7 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
     burst of 100,000 sends near linear: each one the cyclic GC sees again and again.
     """
 
-    __slots__ = ("key", "mti", "seq", "deadline", "timeout", "sender")
+    __slots__ = ("key", "mti", "started", "seq", "deadline", "timeout", "sender")
     # No __init__: ``_send`` sets the slots on a bare ``_Pending()``, which skips a
     # Python-level constructor per request (130 ns measured).
     key: Hashable
@@ -281,7 +281,10 @@ class Connection:
         self._ping_greenlet: Optional[gevent.Greenlet] = None
         self._last_read = self._last_write = time.monotonic()
         self._decoder = self.framing.decoder()
-        self._run_callback: Callable[..., Any] = get_hub().loop.run_callback  # set again by _start
+        #: The hub this link's greenlets run in, and its loop's run_callback: set again by
+        #: ``_start`` (a link is used from the thread that opened it, as any gevent object).
+        self._hub = get_hub()
+        self._run_callback: Callable[..., Any] = self._hub.loop.run_callback
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -360,7 +363,8 @@ class Connection:
             pass
         sock.settimeout(None)
         self._sock = sock
-        self._run_callback = get_hub().loop.run_callback  # the loop this link's greenlets run in
+        self._hub = get_hub()
+        self._run_callback = self._hub.loop.run_callback
         self._state = OPEN
         self._last_read = self._last_write = time.monotonic()
         self._greenlets = [gevent.spawn(self._read_loop), gevent.spawn(self._write_loop)]
@@ -462,7 +466,8 @@ class Connection:
                 raise DuplicateKey(f"a request with key {masking.mask_text(str(req_key))} is already in flight")
             frame = self._frame(msg)
             pending = _Pending()
-            pending.key, pending.mti, pending.seq, pending.deadline, pending.sender = req_key, mti, 0, -1.0, None
+            pending.key, pending.mti, pending.started = req_key, mti, started
+            pending.seq, pending.deadline, pending.sender = 0, -1.0, None
             in_flight[req_key] = pending
             deadline = started + timeout
             outbox = self._outbox
@@ -486,7 +491,7 @@ class Connection:
                     # link or timer per request; resolve() switches back here (measured
                     # 0.8 us a request less than wait_done, 0.5 us less than get()).
                     pending.sender = getcurrent()
-                    hub = get_hub()
+                    hub = self._hub
                     try:
                         while not pending.ready():  # anything else switching in is ignored
                             hub.switch()
@@ -499,8 +504,7 @@ class Connection:
             error = pending.exception
             if error is not None:
                 raise error
-            response: Message = pending.value
-            self.stats.record(mti, "ok", time.monotonic() - started)
+            response: Message = pending.value  # counted (with its latency) by the reader
             return response
         except GevisoError as exc:
             if pending is not None:
@@ -753,6 +757,7 @@ class Connection:
         finally:
             if resolved:
                 stats.matched += len(resolved)
+                stats.record_answered(resolved, time.monotonic())
                 self._run_callback(_wake_senders, resolved)
 
     def _handle_other(self, doc: Message, response: bool, resp_key: Optional[Hashable]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from types import SimpleNamespace
 
 import gevent
 import pytest
@@ -74,6 +75,15 @@ def test_link_stats_count_every_recorded_send_across_batches():
     assert stats.latency.sum == pytest.approx(oks // 2 * 0.0001 + oks // 2 * 0.003 + 5 * 0.02 + 30.0)
     stats.record("0200", "ok", 0.003)
     assert stats.by_outcome[("0200", "ok")] == oks + 1 and stats.latency.count == oks + 7
+
+
+def test_answers_the_reader_records_count_with_their_latency_from_the_send():
+    stats = LinkStats()
+    answered = [SimpleNamespace(mti="0200", started=10.0), SimpleNamespace(mti="0100", started=10.5)]
+    stats.record_answered(answered, now=11.0)
+    stats.record("0200", "SendTimeout", 30.0)
+    assert stats.by_outcome == {("0200", "ok"): 1, ("0100", "ok"): 1, ("0200", "SendTimeout"): 1}
+    assert stats.latency.count == 3 and stats.latency.sum == pytest.approx(1.0 + 0.5 + 30.0)
 
 
 def test_batched_latencies_fall_in_the_buckets_observe_puts_them_in():

@@ -94,7 +94,9 @@ class Histogram:
 
 class LinkStats:
     """What one link (or, summed, a pool or server) did: requests, responses and what
-    became of them. Attributes are plain ints; ``latency`` times every finished send."""
+    became of them. Attributes are plain ints; ``latency`` times every finished send:
+    an answered one from ``send()`` to its response being read (counted by the reader,
+    a ``recv`` at a time), a failed one to its error."""
 
     COUNTERS = (
         "sent",  # frames written (requests and replies)
@@ -146,6 +148,22 @@ class LinkStats:
         key = (mti, outcome)
         self._by_outcome[key] = self._by_outcome.get(key, 0) + 1
         self._latency.observe(seconds)
+
+    def record_answered(self, answered: Iterable[Any], now: float) -> None:
+        """Requests answered at monotonic time ``now``: each has ``mti`` and ``started``
+        (when its send began). The reader calls this once per ``recv``, for every
+        response it handed to its send."""
+        unbinned = self._unbinned
+        for request in answered:
+            mti = request.mti
+            waiting = unbinned.get(mti)
+            if waiting is None:
+                waiting = unbinned[mti] = []
+            waiting.append(now - request.started)
+        for waiting in unbinned.values():
+            if len(waiting) >= BIN_EVERY:
+                self._bin()
+                return
 
     def _bin(self) -> None:
         """Count the waiting latencies into ``by_outcome`` and the histogram: sorted once,
