@@ -545,7 +545,7 @@ class Connection:
         if self._reaper is not None:
             self._reaper.close()
         # after, repeat, ref, priority, as in wait_done
-        self._reaper = get_hub().loop.timer(max(0.0, at - time.monotonic()), 0.0, True, -1)
+        self._reaper = self._hub.loop.timer(max(0.0, at - time.monotonic()), 0.0, True, -1)
         self._reap_at = at
         self._reaper.start(self._reap, update=True)
 
