@@ -281,6 +281,9 @@ class Connection:
         self._ping_greenlet: Optional[gevent.Greenlet] = None
         self._last_read = self._last_write = time.monotonic()
         self._decoder = self.framing.decoder()
+        header = self.framing.header_struct
+        self._pack_header = header.pack if header is not None else None
+        self._max_payload = self.framing.max_length
         #: The hub this link's greenlets run in, and its loop's run_callback: set again by
         #: ``_start`` (a link is used from the thread that opened it, as any gevent object).
         self._hub = get_hub()
@@ -584,6 +587,9 @@ class Connection:
 
     def _frame(self, msg: Mapping[str, str], tpdu: Optional[bytes] = None) -> bytes:
         payload = self.codec.encode(msg)
+        pack = self._pack_header
+        if pack is not None and tpdu is None and len(payload) <= self._max_payload:
+            return pack(len(payload)) + payload  # framing.encode for a plain binary length, inlined
         try:
             return self.framing.encode(payload, tpdu=tpdu)
         except errors.FramingError as exc:

@@ -220,6 +220,17 @@ def test_encode_error_fails_only_that_caller_and_shows_no_pan(echo_host, links):
     assert conn.send({"t": "0200", "2": PAN, "11": "000001"})["2"] == PAN  # the STAN is free again
 
 
+def test_message_over_the_framing_maximum_fails_that_caller_and_writes_nothing(echo_host, links):
+    framing = geviso.framing.binary(2, max_length=64)
+    echo_host.options["framing"] = framing
+    conn = links(echo_host.address, framing=framing)
+    with pytest.raises(geviso.EncodeError, match="over the maximum of 64") as info:
+        conn.send({"t": "0200", "2": PAN, "11": "000001", "43": "A" * 40})
+    assert PAN not in str(info.value)
+    assert conn.stats.sent == 0 and conn.in_flight == 0 and conn.state == "open"
+    assert conn.send({"t": "0800", "11": "000002", "70": "301"})["t"] == "0810"
+
+
 def test_send_timeout_default_and_per_call(echo_host, held, links):
     conn = links(echo_host.address, send_timeout=0.1)
     with pytest.raises(geviso.SendTimeout, match="0.1s"):
