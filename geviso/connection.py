@@ -91,12 +91,13 @@ def parse_address(address: Address) -> tuple[str, int]:
 class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
     """One request waiting for its response: itself one ``AsyncResult``, set exactly once.
 
-    The request's key, MTI, deadline and place in the write queue ride on the
-    ``AsyncResult`` (slots, no second object). Its sender waits for it without a link:
-    :meth:`resolve` wakes the sender with one loop callback, so a waiting request holds
-    two GC-tracked objects (this and gevent's empty link list) and no bound method, and
-    waking skips the link walk. Fewer objects live per pending request is what keeps a
-    burst of 100,000 sends near linear: each one the cyclic GC sees again and again.
+    The request's key, MTI, start, deadline and place in the write queue ride on the
+    ``AsyncResult`` (slots, no second object). Its sender waits for it without a link: a
+    loop callback (:func:`_wake_senders`, queued by the reader for all the responses of
+    a ``recv``, or by :meth:`resolve`) switches back to it. So a waiting request holds two
+    GC-tracked objects (this and gevent's empty link list) and no bound method, and
+    waking skips the link walk. Few objects per pending request keep a burst of 100,000
+    sends near linear: the cyclic GC walks each of them again and again.
     """
 
     __slots__ = ("key", "mti", "started", "seq", "deadline", "timeout", "sender")
@@ -104,6 +105,8 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
     # Python-level constructor per request (130 ns measured).
     key: Hashable
     mti: str
+    #: When its send began (monotonic seconds): its latency is counted from here.
+    started: float
     #: Its frame's number in the link's write queue (from 1; 0 until queued): the frame
     #: may have reached the peer once the writer took that many.
     seq: int
