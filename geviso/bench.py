@@ -256,6 +256,29 @@ def run_burst(address: tuple[str, int], spec: Spec, framing_name: str, size: int
                   in_flight_after=left)
 
 
+def run_spawn(size: int) -> Result:
+    """The burst's harness alone: ``size`` raw greenlets, each blocking once (one trip
+    through the hub, as a send waiting for its answer) and ending, timed end to end.
+    What a greenlet per send costs without geviso: the baseline the burst's own share is
+    measured against, as ``transport`` is for the connection overhead."""
+    outcome = {"left": size}
+    finished = gevent.event.Event()
+
+    def one(_stan: str) -> None:
+        gevent.sleep(0)
+        outcome["left"] -= 1
+        if not outcome["left"]:
+            finished.set()
+
+    stans = ["%06d" % (i % 999_999 + 1) for i in range(size)]
+    gc.collect()
+    started = time.perf_counter()
+    for stan in stans:
+        gevent.spawn_raw(one, stan)
+    finished.wait()
+    return Result("burst", f"greenlets {size:,}", size, time.perf_counter() - started, [], size)
+
+
 def _warm_up(conn: Connection, template: dict[str, str], count: int) -> None:
     base = 900_000
     jobs = [gevent.spawn(conn.send, dict(template, **{"11": "%06d" % (base + i)})) for i in range(count)]
@@ -653,6 +676,7 @@ def run(args: argparse.Namespace, report: Callable[[Result], None]) -> list[Resu
             with _maybe(external, lambda: _local_mock_host(spec, args.framing)) as (address, _):
                 for size in sizes:
                     keep(_repeat(args.repeat, run_burst, address, spec, args.framing, size))
+                    keep(_repeat(args.repeat, run_spawn, size))
         elif workload == "closed-loop":
             count = args.messages or 20_000
             with _maybe(external, lambda: mock_host_process(args.spec, args.framing)) as (address, pid):
@@ -699,6 +723,12 @@ def summary(results: Sequence[Result], codec_cost_ns: Optional[float] = None) ->
         linear = "meets" if ratio <= 1.2 else "misses"
         lines.append(f"burst 100,000: {b100k.rate:,.0f} msg/s ({rate} the 20,000 target), {ratio:.2f} x 100 x "
                      f"the 1,000 burst's time ({linear} the 1.2x linearity target)")
+        g1k, g100k = by_label.get(("burst", "greenlets 1,000")), by_label.get(("burst", "greenlets 100,000"))
+        if g1k is not None and g100k is not None and b1k.seconds > g1k.seconds:
+            own = (b100k.seconds - g100k.seconds) / (100 * (b1k.seconds - g1k.seconds))
+            alone = g100k.seconds / (100 * g1k.seconds)
+            lines.append(f"burst 100,000 less a raw greenlet per send (the harness, {g1k.ns_per_msg:,.0f} and "
+                         f"{g100k.ns_per_msg:,.0f} ns each, itself {alone:.2f} x): geviso's part {own:.2f} x")
     codec = {r.label: r.ns_per_msg for r in results if r.workload == "codec"}
     parts = ("encode 0200/15 compiled", "decode 0200/15 compiled")
     if codec_cost_ns is None and all(p in codec for p in parts):

@@ -32,9 +32,24 @@ def check_all_matched(results: list[dict], workload: str, runs: int) -> None:
 
 def test_burst_sends_each_burst_on_one_link_and_matches_every_answer(capsys):
     report = run_json(capsys, "--workload", "burst", "--messages", "1000")
-    check_all_matched(report["results"], "burst", 2)  # bursts of 100 and 1,000
-    assert [r["label"] for r in report["results"]] == ["burst 100", "burst 1,000"]
-    assert all(r["in_flight_after"] == 0 for r in report["results"])
+    labels = ["burst 100", "greenlets 100", "burst 1,000", "greenlets 1,000"]
+    assert [r["label"] for r in report["results"]] == labels  # each burst, then its harness alone
+    sends = [r for r in report["results"] if r["label"].startswith("burst ")]
+    check_all_matched(sends, "burst", 2)
+    assert all(r["in_flight_after"] == 0 for r in sends)
+    harness = [r for r in report["results"] if r["label"].startswith("greenlets ")]
+    assert [r["messages"] for r in harness] == [100, 1000] and all(r["msg_per_s"] > 0 for r in harness)
+
+
+def test_summary_tells_geviso_apart_from_the_greenlet_per_send_harness_in_a_burst():
+    def run(label: str, seconds: float, messages: int) -> bench.Result:
+        return bench.Result("burst", label, messages, seconds, [0.001], messages)
+
+    lines = bench.summary([run("burst 1,000", 0.02, 1_000), run("greenlets 1,000", 0.01, 1_000),
+                           run("burst 100,000", 2.5, 100_000), run("greenlets 100,000", 1.4, 100_000)])
+    assert "1.25 x 100 x the 1,000 burst's time (misses the 1.2x linearity target)" in lines[0]
+    # (2.5 - 1.4) / (100 x (0.02 - 0.01)) = 1.10; the greenlets alone 1.4 / (100 x 0.01) = 1.40
+    assert lines[1].endswith("itself 1.40 x): geviso's part 1.10 x")
 
 
 def test_closed_loop_runs_against_a_mock_host_process(capsys):
