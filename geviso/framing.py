@@ -175,8 +175,8 @@ class FrameDecoder:
     def _split_binary(
         self, work: Union[bytes, bytearray], size: int, unpack_from: Callable[..., tuple[int]], frames: list[bytes]
     ) -> int:
-        """:meth:`_split` for a plain binary length header (see ``Framing.header_struct``):
-        once per frame, so with nothing a plain header does not need."""
+        """:meth:`_split` for a plain binary length header (see ``Framing.header_struct``).
+        It runs once per frame, so it does only what such a header needs."""
         framing = self._framing
         hsize = framing.header_size
         max_length = framing.max_length

@@ -137,10 +137,8 @@ class LinkStats:
     def record(self, mti: str, outcome: str, seconds: float) -> None:
         """One finished send(): its request MTI, ``"ok"`` or the error's class name, and
         how long it took."""
-        if outcome == "ok":  # once per request: a list append, counted later in a batch
-            waiting = self._unbinned.get(mti)
-            if waiting is None:
-                waiting = self._unbinned[mti] = []
+        if outcome == "ok":  # counted later in a batch, as record_answered does
+            waiting = self._unbinned.setdefault(mti, [])
             waiting.append(seconds)
             if len(waiting) >= BIN_EVERY:
                 self._bin()
