@@ -163,6 +163,16 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
         return bool(self.ready())
 
 
+def close_quietly(conn: Connection, timeout: Optional[float] = None) -> None:
+    """Close ``conn`` gracefully; an ``on_close`` error (e.g. a declined sign-off) is
+    logged, masked, instead of raised: the link is closed anyway. For owners closing
+    many links (server, pool, Locust), where one failure must not stop the rest."""
+    try:
+        conn.close(timeout=timeout)
+    except GevisoError as exc:
+        log.warning("closing %s: %s", conn, masking.mask_text(str(exc)))
+
+
 def _wake_senders(resolved: Sequence[_Pending]) -> None:
     """The loop callback that wakes the senders of resolved requests, each that still
     waits, in turn: each runs until it blocks again, which switches back here. One

@@ -30,7 +30,7 @@ from locust.runners import WorkerRunner
 
 from . import errors, masking
 from .codec import Codec, Message, Spec, codec_for, is_response, response_mti
-from .connection import Connection, parse_address
+from .connection import Connection, close_quietly, parse_address
 from .framing import BY_NAME as FRAMINGS
 from .framing import Framing, by_name
 from .mockhost import APPROVAL_CODES, MockHost, load_rules
@@ -311,11 +311,8 @@ class Links:
             pool, self._pool = self._pool, None
         own, self._own = list(self._own), set()
         try:
-            for conn in own:
-                try:
-                    conn.close(timeout=self.settings.timeout)
-                except errors.GevisoError as exc:  # e.g. a declined sign-off: close the others anyway
-                    log.warning("closing %s: %s", conn, exc)
+            for conn in own:  # a failing one (a declined sign-off) does not stop the others
+                close_quietly(conn, self.settings.timeout)
         finally:
             if pool is not None:
                 pool.close()

@@ -26,10 +26,10 @@ from iso8583.specs import default as default_spec
 
 from . import rules as rules_mod
 from .codec import Spec, response_mti
-from .connection import Address, Connection
+from .connection import Address, Connection, close_quietly
 from .errors import ConfigurationError, ConnectionClosed, GevisoError
 from .rules import CLOSE, DROP, LATE, Rule, RuleSet
-from .server import Server, _close_quietly
+from .server import Server
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class MockHost(Server):
         delay = rule.delay_seconds(self._random)
         if action == CLOSE:
             self.stats.closed += 1
-            self._delayed.add(gevent.spawn_later(delay, _close_quietly, conn, 1.0))
+            self._delayed.add(gevent.spawn_later(delay, close_quietly, conn, 1.0))
         elif action == LATE:
             self._late.add(gevent.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, True))
         elif delay > 0:

@@ -23,7 +23,7 @@ import gevent.event
 import gevent.pool
 
 from . import masking
-from .connection import Address, Connection, parse_address
+from .connection import Address, Connection, close_quietly, parse_address
 from .errors import (
     ConfigurationError,
     ConnectErrors,
@@ -262,7 +262,7 @@ class Pool:
             if conn is None:
                 continue
             if self._stop.is_set():  # the pool closed while we signed on
-                self._close_link(conn, None)
+                close_quietly(conn)
                 return
             delay = self.reconnect_wait
             conn.wait_closed()
@@ -489,7 +489,7 @@ class Pool:
         for slot in slots:
             conn = slot.conn
             if slot.state == UP and conn is not None and not conn.closed:
-                closers.append(gevent.spawn(self._close_link, conn, timeout))
+                closers.append(gevent.spawn(close_quietly, conn, timeout))
         gevent.joinall(closers)
         for g in list(self._group):
             if g is not me:
@@ -497,13 +497,6 @@ class Pool:
                 g.kill(block=True, timeout=1.0)
         self._close_done.set()
         log.info("pool %s closed", self)
-
-    @staticmethod
-    def _close_link(conn: Connection, timeout: Optional[float]) -> None:
-        try:
-            conn.close(timeout)
-        except GevisoError as exc:  # on_close (sign-off) failed; the link is closed anyway
-            log.warning("pool: closing %s: %s", conn, masking.mask_text(str(exc)))
 
     # -- fork -------------------------------------------------------------------------
     def _abandon(self) -> None:

@@ -21,7 +21,7 @@ from gevent import socket
 
 from . import masking
 from .codec import Spec, codec_for
-from .connection import Address, Connection, Handler, parse_address
+from .connection import Address, Connection, Handler, close_quietly, parse_address
 from .errors import ConfigurationError, ConnectFailed, GevisoError, TooManyConnections
 from .framing import Framing, binary
 from .metrics import LinkStats, Totals
@@ -222,7 +222,7 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
             greenlet.kill(block=False)
         self._before_links_close(deadline)
         links = list(self.connections)
-        closers = [gevent.spawn(_close_quietly, conn, max(0.0, deadline - time.monotonic())) for conn in links]
+        closers = [gevent.spawn(close_quietly, conn, max(0.0, deadline - time.monotonic())) for conn in links]
         gevent.joinall(closers, timeout=max(0.0, deadline - time.monotonic()))
         for conn in links:
             if conn.state != "closed":
@@ -250,13 +250,6 @@ def _send_or_error(conn: Connection, doc: dict[str, str], timeout: Optional[floa
         return conn.send(doc, timeout=timeout)
     except Exception as exc:
         return exc
-
-
-def _close_quietly(conn: Connection, timeout: float) -> None:
-    try:
-        conn.close(timeout=timeout)
-    except GevisoError as exc:  # an on_close handler failed; the link is closed anyway
-        log.warning("closing %s: %s", conn, masking.mask_text(str(exc)))
 
 
 def _reuse_port_listener(address: Any, backlog: Optional[int], family: int) -> Any:
