@@ -68,6 +68,7 @@ READ_PARTS = 3
 #: How many timed-out request keys are remembered to recognise late responses.
 LATE_KEYS_KEPT = 4096
 INF = float("inf")
+_NO_KEY = object()  # no request key computed yet
 
 
 def parse_address(address: Address) -> tuple[str, int]:
@@ -100,7 +101,7 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
     sends near linear: the cyclic GC walks each of them again and again.
     """
 
-    __slots__ = ("key", "mti", "started", "seq", "deadline", "timeout", "sender")
+    __slots__ = ("key", "mti", "started", "seq", "deadline", "sender")
     # No __init__: ``_send`` sets the slots on a bare ``_Pending()``, which skips a
     # Python-level constructor per request (130 ns measured).
     key: Hashable
@@ -113,7 +114,6 @@ class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]
     #: When the link's reaper times it out (monotonic seconds); negative: it has a
     #: timer of its own (:meth:`wait_done`) and the reaper passes it by.
     deadline: float
-    timeout: float
     #: The greenlet waiting for it (see ``Connection._send``), or None.
     sender: Any
 
@@ -348,7 +348,7 @@ class Connection:
                 raw.close()
             if isinstance(exc, ConnectFailed):
                 raise
-            if isinstance(exc, (OSError, ssl.SSLError)):
+            if isinstance(exc, OSError):  # ssl.SSLError included
                 raise ConnectFailed(f"connect to {host}:{port} failed: {exc}") from exc
             raise
         if self._state != CONNECTING:  # close() was called while we dialled
@@ -470,13 +470,15 @@ class Connection:
                 self._check_sendable()
             if "11" in doc:
                 msg = doc  # the codec reads it and leaves it as it was: no copy needed
+                req_key: Any = _NO_KEY
             else:
                 msg = dict(doc)
-                msg["11"] = self._next_stan(msg)
-            try:
-                req_key = self.key(msg)
-            except KeyError as exc:
-                raise self._key_error(exc) from None
+                req_key = self._assign_stan(msg)
+            if req_key is _NO_KEY:
+                try:
+                    req_key = self.key(msg)
+                except KeyError as exc:
+                    raise self._key_error(exc) from None
             in_flight = self._pending
             if req_key in in_flight:
                 raise DuplicateKey(f"a request with key {masking.mask_text(str(req_key))} is already in flight")
@@ -499,7 +501,6 @@ class Connection:
                 log.debug("send %s on %s", masking.describe(msg), self)
             if deadline >= self._last_deadline:  # in deadline order: the reaper times it out
                 self._last_deadline = pending.deadline = deadline
-                pending.timeout = timeout
                 if deadline < self._reap_at:
                     self._arm_reaper(deadline)
                 if not pending.ready():
@@ -537,16 +538,17 @@ class Connection:
             if slots is not None:
                 slots.release()
 
-    def _next_stan(self, msg: Mapping[str, str]) -> str:
-        """The next STAN whose key is not in flight."""
+    def _assign_stan(self, msg: dict[str, str]) -> Any:
+        """Put the next STAN whose key is not in flight in ``msg`` (the send's own copy)
+        and return that key, or ``_NO_KEY`` when the key function cannot key it."""
         for _ in range(1000):
-            stan = self.stan.next()
+            msg["11"] = self.stan.next()
             try:
-                candidate = self.key({**msg, "11": stan})
+                candidate = self.key(msg)
             except (KeyError, TypeError):
-                return stan
+                return _NO_KEY  # send() calls the key function again and reports it
             if candidate not in self._pending:
-                return stan
+                return candidate
         raise LocalProtocolError("no free STAN: too many requests in flight")
 
     def _expire(self, pending: _Pending, timeout: float) -> None:
@@ -582,7 +584,7 @@ class Connection:
                 self._arm_reaper(deadline)
                 return
             if deadline >= 0.0 and not pending.ready():
-                self._expire(pending, pending.timeout)
+                self._expire(pending, deadline - pending.started)  # its own send timeout
 
     def _remember_timeout(self, req_key: Hashable) -> None:
         """Keep the keys of recent timeouts, so a late response is counted as late."""
@@ -686,7 +688,7 @@ class Connection:
                 sock.sendall(b"".join(batch))  # one frame: that frame itself, no copy
                 self._last_write = time.monotonic()
                 self.stats.sent += len(batch)
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError included
             self._fail(exc)
         except gevent.GreenletExit:
             pass
@@ -725,7 +727,7 @@ class Connection:
         except errors.FramingError as exc:
             self._report(exc)
             self._fail(exc)
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError included
             self._fail(exc)
         except gevent.GreenletExit:
             pass
@@ -927,7 +929,7 @@ class Connection:
         if unread:
             self._report(errors.RemoteProtocolError(f"peer closed the link in the middle of a frame ({unread} bytes)"))
         exc = ConnectionClosed("link closed by peer")
-        if lost_work or self._state == NEW:
+        if lost_work:
             self._fail(exc)
         else:
             self._shutdown(exc, failed=False)

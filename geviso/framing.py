@@ -120,10 +120,12 @@ class FrameDecoder:
     :meth:`feed` raises it (the stream cannot be resynchronised).
     """
 
-    __slots__ = ("_framing", "_buffer", "keepalives", "last_tpdu", "error")
+    __slots__ = ("_framing", "_unpack_from", "_buffer", "keepalives", "last_tpdu", "error")
 
     def __init__(self, framing: Framing) -> None:
         self._framing = framing
+        header = framing.header_struct  # a plain binary length: the one-step split
+        self._unpack_from = header.unpack_from if header is not None else None
         self._buffer = bytearray()
         self.keepalives = 0
         self.last_tpdu: Optional[bytes] = None
@@ -143,7 +145,6 @@ class FrameDecoder:
         """
         if self.error is not None:
             raise self.error
-        framing = self._framing
         buf = self._buffer
         # With nothing held (the usual case: a recv ends on a frame boundary), frames are
         # sliced straight out of ``data``, one copy each; else out of the held bytes.
@@ -154,9 +155,8 @@ class FrameDecoder:
         size = len(work)
         frames: list[bytes] = []
         try:
-            header = framing.header_struct
-            if header is not None:
-                pos = self._split_binary(work, size, header.unpack_from, frames)
+            if self._unpack_from is not None:
+                pos = self._split_binary(work, size, self._unpack_from, frames)
             else:
                 pos = self._split(work, size, frames)
         except FramingError as exc:
@@ -254,16 +254,6 @@ class BinaryFraming(Framing):
 
     def unpack_length(self, header: bytes) -> int:
         return int(self._struct.unpack(header)[0])
-
-    def encode(self, payload: bytes, *, tpdu: Optional[bytes] = None) -> bytes:
-        """:meth:`Framing.encode`, with the common case (no TPDU, length of the payload
-        alone) in one step: it runs once per message."""
-        if self.tpdu is not None or self.include_header:
-            return super().encode(payload, tpdu=tpdu)
-        length = len(payload)
-        if length > self.max_length:
-            raise FramingError(f"frame of {length} bytes is over the maximum of {self.max_length}")
-        return self._struct.pack(length) + payload
 
     def length_at(self, buffer: Union[bytes, bytearray], pos: int) -> int:
         return int(self._struct.unpack_from(buffer, pos)[0])

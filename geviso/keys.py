@@ -6,7 +6,6 @@ the same key as its request. It raises ``KeyError`` naming the missing field.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Hashable, Mapping
 from typing import Callable
 
@@ -15,7 +14,6 @@ from .errors import ConfigurationError
 KeyFunction = Callable[[Mapping[str, str]], Hashable]
 
 
-@functools.lru_cache(maxsize=256)  # a link sees a handful of MTIs; this runs twice per request
 def mti_pair(mti: str) -> str:
     """The MTI with request and response mapped together: 0100 and 0110 give ``010``,
     0420, 0421 and 0430 give ``042``. The origin digit is dropped (0101 is a repeat of 0100)."""
