@@ -34,6 +34,11 @@ log = logging.getLogger("switch")
 ISSUER_UNAVAILABLE = "91"
 
 
+def _local_answer(doc: dict[str, str], code: str) -> dict[str, str]:
+    """The switch's own answer to ``doc`` with field 39 ``code`` (its stale bitmaps are rebuilt)."""
+    return dict(doc, t=response_mti(doc["t"]), **{"39": code})
+
+
 class Switch:
     """Forwards terminals' requests to the upstream hosts and their answers back."""
 
@@ -72,10 +77,9 @@ class Switch:
                 self._idle.set()
 
     def _answer(self, doc: dict[str, str]) -> dict[str, str]:
-        fields = {k: v for k, v in doc.items() if k not in ("p", "1")}
         if doc["t"] in ("0800", "0820"):  # the terminal's own sign-on or echo
-            return dict(fields, t=response_mti(doc["t"]), **{"39": "00"})
-        upstream = {k: v for k, v in fields.items() if k != "11"}  # the pool's link gives its own STAN
+            return _local_answer(doc, "00")
+        upstream = {k: v for k, v in doc.items() if k != "11"}  # the pool's link gives its own STAN
         self.forwarded += 1
         try:
             response = self.pool.send(upstream, timeout=self.timeout)
@@ -83,11 +87,9 @@ class Switch:
             # A real switch would also reverse a timed-out 0100/0200 upstream (0400).
             self.failed += 1
             log.debug("upstream failed for %s: %s", masking.describe(doc), type(exc).__name__)
-            return dict(fields, t=response_mti(doc["t"]), **{"39": ISSUER_UNAVAILABLE})
+            return _local_answer(doc, ISSUER_UNAVAILABLE)
         self.answered += 1
-        answer = {k: v for k, v in response.items() if k not in ("p", "1")}
-        answer["11"] = doc["11"]  # back under the terminal's STAN
-        return answer
+        return dict(response, **{"11": doc["11"]})  # back under the terminal's STAN
 
     # -- the service ------------------------------------------------------------------
     def _report(self) -> None:

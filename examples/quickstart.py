@@ -16,10 +16,7 @@ import geviso
 
 def answer(conn: geviso.Connection, doc: dict[str, str]) -> None:
     """A tiny host: answer every request with its response MTI and code 00."""
-    response = dict(doc, t=geviso.codec.response_mti(doc["t"]), **{"39": "00"})
-    response.pop("p", None)
-    response.pop("1", None)
-    conn.reply(response)
+    conn.reply(dict(doc, t=geviso.codec.response_mti(doc["t"]), **{"39": "00"}))  # bitmaps are rebuilt
 
 
 def handle(sock, address) -> None:  # type: ignore[no-untyped-def]

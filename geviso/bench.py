@@ -43,7 +43,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import gevent
 import gevent.event
@@ -56,10 +56,14 @@ from .codec import Codec, CompiledCodec, Spec, codec_for, response_mti
 from .connection import Connection, parse_address
 from .framing import BY_NAME as FRAMINGS
 from .framing import by_name as framing_by_name
+from .metrics import in_flight
+from .stan import StanGenerator
+
+if TYPE_CHECKING:
+    from .mockhost import MockHost
 
 WORKLOADS = ("burst", "closed-loop", "codec", "transport", "memory")
 DEFAULT_WORKLOADS = ("burst", "closed-loop", "codec", "transport")
-LISTENING = "geviso mock-host listening on"
 #: Seconds to wait for a helper process (mock host, echo server) to announce its port.
 START_TIMEOUT = 30.0
 SEND_TIMEOUT = 120.0
@@ -85,6 +89,11 @@ REQUEST_0200 = {
 }
 #: The reference benchmark's message: 0800 with field 11 only.
 REQUEST_0800 = {"t": "0800", "11": "000001"}
+
+
+def answer_of(request: dict[str, str]) -> dict[str, str]:
+    """The approved answer to ``request``: its response MTI and field 39 ``00``."""
+    return dict(request, t=response_mti(request["t"]), **{"39": "00"})
 
 
 # -- results ------------------------------------------------------------------------------
@@ -178,19 +187,22 @@ def _process(args: list[str], marker: str) -> Iterator[Endpoint]:
 
 def mock_host_process(spec_name: str, framing_name: str) -> Any:
     """``geviso mock-host --port 0`` in a child process; yields its address."""
+    from .cli import LISTENING  # (cli imports this module lazily, for ``geviso bench``)
+
     args = [sys.executable, "-m", "geviso", "mock-host", "--port", "0", "--spec", spec_name,
             "--framing", framing_name, "--log-level", "WARNING"]
     return _process(args, LISTENING)
 
 
 @contextmanager
-def _local_mock_host(spec: Spec, framing_name: str) -> Iterator[Endpoint]:
+def _local_mock_host(spec: Spec, framing_name: str) -> Iterator[tuple[tuple[str, int], MockHost]]:
+    """A mock host in this process; yields its address and the host."""
     from .mockhost import MockHost
 
     host = MockHost(("127.0.0.1", 0), spec, framing=framing_by_name(framing_name))
     host.start()
     try:
-        yield ("127.0.0.1", int(host.server_port)), None
+        yield ("127.0.0.1", int(host.server_port)), host
     finally:
         host.stop(timeout=1.0)
 
@@ -210,10 +222,11 @@ def _cpu_seconds(pid: Optional[int] = None) -> Optional[float]:
 
 # -- the workloads -----------------------------------------------------------------------
 def _matches(request: dict[str, str], response: dict[str, str], answer_mti: str) -> bool:
+    """The answer to ``request``: its MTI, the same field 11, and field 37 if both have one."""
     return (
         response.get("t") == answer_mti
         and response.get("11") == request["11"]
-        and response.get("37", request.get("37")) == request.get("37")
+        and ("37" not in request or response.get("37", request["37"]) == request["37"])
     )
 
 
@@ -227,6 +240,7 @@ def run_burst(address: tuple[str, int], spec: Spec, framing_name: str, size: int
     latencies: list[float] = []
     outcome = {"matched": 0, "failed": 0, "left": size}
     finished = gevent.event.Event()
+    answer_mti = response_mti("0800")
     with Connection(address, spec, framing=framing_by_name(framing_name), send_timeout=SEND_TIMEOUT) as conn:
         _warm_up(conn, REQUEST_0800, 200)
 
@@ -236,7 +250,7 @@ def run_burst(address: tuple[str, int], spec: Spec, framing_name: str, size: int
             try:
                 response = conn.send(request)
                 latencies.append(time.perf_counter() - started)
-                if response.get("t") == "0810" and response.get("11") == stan:
+                if _matches(request, response, answer_mti):
                     outcome["matched"] += 1
             except Exception:
                 outcome["failed"] += 1
@@ -245,7 +259,7 @@ def run_burst(address: tuple[str, int], spec: Spec, framing_name: str, size: int
                 if not outcome["left"]:
                     finished.set()
 
-        stans = ["%06d" % (i % 999_999 + 1) for i in range(size)]
+        stans = list(itertools.islice(StanGenerator(), size))
         spawn = gevent.spawn if greenlets else gevent.spawn_raw
         gc.collect()
         started = time.perf_counter()
@@ -272,7 +286,7 @@ def run_spawn(size: int) -> Result:
         if not outcome["left"]:
             finished.set()
 
-    stans = ["%06d" % (i % 999_999 + 1) for i in range(size)]
+    stans = list(itertools.islice(StanGenerator(), size))
     gc.collect()
     started = time.perf_counter()
     for stan in stans:
@@ -312,7 +326,7 @@ def run_closed_loop(address: tuple[str, int], spec: Spec, framing_name: str, con
                     outcome["failed"] += 1
                     continue
                 took(clock() - started)
-                if response.get("11") == stan and response.get("t") == answer_mti and response.get("37", rrn) == rrn:
+                if _matches(request, response, answer_mti):
                     outcome["matched"] += 1
 
         gc.collect()
@@ -339,8 +353,7 @@ def run_codec(spec: Spec, messages: int) -> list[Result]:
     kinds: list[tuple[str, Codec]] = [("compiled", fast)] if isinstance(fast, CompiledCodec) else []
     kinds.append(("pyiso8583", reference))
     for name, doc in (("0800/11", REQUEST_0800), ("0200/15", REQUEST_0200)):
-        answer = dict(doc, t=response_mti(doc["t"]), **{"39": "00"})
-        raw = reference.encode(answer)
+        raw = reference.encode(answer_of(doc))
         for kind, codec in kinds:
             for op, call, arg in (("encode", codec.encode, doc), ("decode", codec.decode, raw)):
                 result = _time_calls(call, arg, messages)
@@ -536,15 +549,11 @@ def _greenlets() -> int:
 
 def run_memory(spec: Spec, framing_name: str, messages: int, concurrency: int = 100) -> Result:
     """Closed loop on one link, host in this process: state after 10,000 vs ``messages``."""
-    from .mockhost import MockHost
-
-    host = MockHost(("127.0.0.1", 0), spec, framing=framing_by_name(framing_name))
-    host.start()
     done = {"matched": 0, "failed": 0, "sent": 0}
     snapshots: dict[str, dict[str, int]] = {}
-    try:
-        with Connection(("127.0.0.1", host.server_port), spec, framing=framing_by_name(framing_name),
-                        send_timeout=SEND_TIMEOUT) as conn:
+    answer_mti = response_mti(REQUEST_0200["t"])
+    with _local_mock_host(spec, framing_name) as (address, host):
+        with Connection(address, spec, framing=framing_by_name(framing_name), send_timeout=SEND_TIMEOUT) as conn:
 
             def state() -> dict[str, int]:
                 gc.collect()
@@ -552,7 +561,7 @@ def run_memory(spec: Spec, framing_name: str, messages: int, concurrency: int = 
                 return {
                     "rss": _rss_bytes(),
                     "greenlets": _greenlets(),
-                    "pending": conn.in_flight + sum(link.in_flight for link in links),
+                    "pending": in_flight(conn) + in_flight(host),
                     "buffered": conn._decoder.buffered + sum(link._decoder.buffered for link in links),
                     "queued": len(conn._outbox) + sum(len(link._outbox) for link in links),
                 }
@@ -570,7 +579,7 @@ def run_memory(spec: Spec, framing_name: str, messages: int, concurrency: int = 
                         except Exception:
                             done["failed"] += 1
                             continue
-                        if _matches(request, response, "0210"):
+                        if _matches(request, response, answer_mti):
                             done["matched"] += 1
 
                 gevent.joinall([gevent.spawn(sender) for _ in range(concurrency)])
@@ -582,8 +591,6 @@ def run_memory(spec: Spec, framing_name: str, messages: int, concurrency: int = 
             loop(messages - baseline)
             seconds = time.perf_counter() - started
             snapshots["after_all"] = state()
-    finally:
-        host.stop(timeout=1.0)
     before, after = snapshots["after_10k"], snapshots["after_all"]
     grew = {key: after[key] - before[key] for key in before}
     return Result("memory", f"{messages:,} vs 10,000", done["sent"], seconds, [], done["matched"],
@@ -660,9 +667,9 @@ def _repeat(times: int, measure: Callable[..., Result], *args: Any) -> Result:
     return best([measure(*args) for _ in range(max(1, times))])
 
 
-def run(args: argparse.Namespace, report: Callable[[Result], None]) -> list[Result]:
-    """Every asked workload; each result is reported as soon as it is measured."""
-    spec = specs.by_name(args.spec)
+def run(args: argparse.Namespace, spec: Spec, report: Callable[[Result], None]) -> list[Result]:
+    """Every asked workload on ``spec`` (``args.spec`` resolved); each result is reported
+    as soon as it is measured."""
     levels = _levels(args.concurrency)
     results: list[Result] = []
 
@@ -757,7 +764,7 @@ def summary(results: Sequence[Result], codec_cost_ns: Optional[float] = None) ->
 def codec_cost(spec: Spec, count: int = 5_000) -> Optional[float]:
     """Nanoseconds a client's codec spends per round trip: encode the 0200, decode the answer."""
     fast = codec_for(spec)
-    raw = fast.encode(REQUEST_0200)
+    raw = fast.encode(answer_of(REQUEST_0200))
     return (_time_calls(fast.encode, REQUEST_0200, count)[0] + _time_calls(fast.decode, raw, count)[0]) / count * 1e9
 
 
@@ -792,10 +799,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"geviso bench on {info['cpu']} ({info['cores']} cores), Python {info['python']}, "
               f"gevent {info['gevent']}, pyiso8583 {info['pyiso8583']}")
         print(HEADER, flush=True)
-    results = run(args, (lambda r: None) if args.json else (lambda r: print(_row(r), flush=True)))
+    spec = specs.by_name(args.spec)
+    results = run(args, spec, (lambda r: None) if args.json else (lambda r: print(_row(r), flush=True)))
     has_codec = any(r.workload == "codec" for r in results)
     needs_codec = any(r.workload == "transport" for r in results)
-    lines = summary(results, None if has_codec or not needs_codec else codec_cost(specs.by_name(args.spec)))
+    lines = summary(results, None if has_codec or not needs_codec else codec_cost(spec))
     ok = all(r.ok for r in results) and all(r.extra.get("holds", True) for r in results)
     if args.json:
         print(json.dumps({"machine": info, "command": ["geviso", "bench", *(argv or sys.argv[1:])],

@@ -88,7 +88,13 @@ def _configure_logging(level_name: str, worker: Optional[int] = None) -> None:
     if not isinstance(level, int):
         raise ConfigurationError(f"unknown log level {level_name!r}")
     who = f"[worker {worker}] " if worker is not None else ""
-    logging.basicConfig(level=level, stream=sys.stderr, format=f"%(asctime)s {who}%(name)s %(levelname)s %(message)s")
+    # A forked worker replaces the handlers it inherited from its parent.
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s {who}%(name)s %(levelname)s %(message)s",
+        force=worker is not None,
+    )
     if level > logging.DEBUG:
         # The server logs one line per link; the links' own open/close lines are noise here.
         logging.getLogger("geviso.connection").setLevel(max(level, logging.WARNING))
@@ -146,9 +152,7 @@ def mock_host(args: argparse.Namespace) -> int:
 
 
 def _start_host(host: str, port: int, options: dict[str, Any], *, reuse_port: bool) -> MockHost:
-    options = dict(options)
-    spec = options.pop("spec")
-    server = MockHost((host, port), spec, reuse_port=reuse_port, **options)
+    server = MockHost((host, port), reuse_port=reuse_port, **options)
     server.start()
     return server
 
@@ -249,8 +253,6 @@ def _worker(host: str, port: int, options: dict[str, Any], worker: int, pipe_fd:
     import gevent
 
     gevent.reinit()
-    for handler in logging.getLogger().handlers[:]:
-        logging.getLogger().removeHandler(handler)
     _configure_logging(log_level, worker)
     with os.fdopen(pipe_fd, "w", encoding="utf-8") as pipe:
         try:

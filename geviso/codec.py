@@ -12,6 +12,7 @@ whenever it covers the spec, and connections use :func:`codec_for` by default.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
@@ -31,6 +32,7 @@ def is_response(mti: str) -> bool:
     return len(mti) >= 3 and mti[2] in "13579"
 
 
+@functools.lru_cache(maxsize=256)
 def response_mti(mti: str) -> str:
     """The MTI that answers ``mti``: 0100 -> 0110, 0420/0421 -> 0430, 0800 -> 0810."""
     if len(mti) != 4 or not mti.isdigit():

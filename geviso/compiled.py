@@ -106,13 +106,12 @@ def _read_length(raw: bytes, len_type: int, len_enc: str) -> Optional[int]:
 class _Field:
     """One field's spec, validated; ``None`` from :meth:`plan` if it is not covered."""
 
-    __slots__ = ("key", "binary", "enc", "ascii", "len_type", "len_enc", "max_len", "nibbles", "left", "right")
+    __slots__ = ("key", "binary", "enc", "len_type", "len_enc", "max_len", "nibbles", "left", "right")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.binary = False
         self.enc = ""
-        self.ascii = False
         self.len_type = 0
         self.len_enc = ""
         self.max_len = 0
@@ -124,9 +123,10 @@ class _Field:
     def plan(cls, key: str, fs: Any) -> Optional[_Field]:
         if not isinstance(fs, Mapping):
             return None
-        field = cls(key)
+        field = cls.bitmap(key, fs)
+        if field is None:
+            return None
         try:
-            data_enc = fs["data_enc"]
             len_type = fs["len_type"]
             max_len = fs["max_len"]
             len_count = fs.get("len_count", "bytes")
@@ -140,14 +140,6 @@ class _Field:
             return None
         if len_count not in ("bytes", "nibbles") or not isinstance(left, str) or not isinstance(right, str):
             return None
-        if data_enc == "b":
-            field.binary = True
-        else:
-            enc = _text_encoding(data_enc)
-            if enc is None:
-                return None
-            field.enc = enc
-            field.ascii = _ascii_like(enc)
         if len_type:
             len_enc = fs.get("len_enc")
             if len_enc not in ("b", "bcd") and _text_encoding(len_enc) is None:
@@ -162,7 +154,7 @@ class _Field:
 
     @classmethod
     def bitmap(cls, key: str, fs: Any) -> Optional[_Field]:
-        """A bitmap: only its data encoding counts (8 bytes binary, or 16 hex digits)."""
+        """Only the data encoding (8 bytes binary, or 16 hex digits): all a bitmap needs."""
         try:
             data_enc = fs["data_enc"]
         except Exception:
@@ -175,7 +167,6 @@ class _Field:
         if enc is None:
             return None
         field.enc = enc
-        field.ascii = _ascii_like(enc)
         return field
 
 
@@ -483,26 +474,17 @@ class _Generator:
     def _specialise_encoder(self, keys: tuple[Any, ...]) -> Encoder:
         """Straight-line encode for documents with exactly ``keys`` (in that order)."""
         generic: Encoder = self.namespace["encode_any"]
-        numbers = []
-        for key in keys:
-            number = self.namespace["FIELD_NUMBERS"].get(key)
-            if number is None:
-                if key in ("1", "65") or (type(key) is str and not key.isnumeric()):
-                    continue
-                return generic
-            numbers.append(number)
         if "t" not in keys or (self.header is not None and "h" not in keys):
             return generic
-        numbers.sort()
+        field_numbers = self.namespace["FIELD_NUMBERS"]
+        numbers = sorted(field_numbers[k] for k in keys if k in field_numbers)
         bitmap = sum(1 << (128 - n) for n in numbers)
         second = bitmap & 0xFFFFFFFFFFFFFFFF
         first = bitmap >> 64
         if second:
-            if self.secondary is None:
-                return generic
             first |= 0x8000000000000000
         bitmap_bytes = _write_bitmap(self.primary, first)
-        if second and self.secondary is not None:
+        if second and self.secondary is not None:  # (without one, encode_any has missed already)
             bitmap_bytes += _write_bitmap(self.secondary, second)
         lines = ["def special(doc):", *self._mti_lines()]
         parts = ["mti", repr(bitmap_bytes)]
@@ -583,7 +565,7 @@ class _Generator:
 def _bitmap_writer(field: _Field, value: str) -> str:
     if field.binary:
         return f"{value}.to_bytes(8, 'big')"
-    if field.ascii:
+    if _ascii_like(field.enc):
         return f"b'%016X' % {value}"
     return f"('%016X' % {value}).encode({field.enc!r})"
 

@@ -54,6 +54,12 @@ INTERRUPTED = "the user was stopped before the answer came"
 #: Field 70 network management codes.
 SIGN_ON, SIGN_OFF, ECHO = "001", "002", "301"
 
+
+def network_message(code: str, stan: str) -> dict[str, str]:
+    """A network management 0800: field 7 now, STAN ``stan``, field 70 = ``code``."""
+    return {"t": "0800", "7": transmission_datetime(), "11": stan, "70": code}
+
+
 #: Every ``--iso-*`` option's default, also used when Locust runs as a library with no
 #: parsed options. Keys are the option names as attributes of ``parsed_options``.
 DEFAULTS: dict[str, Any] = {
@@ -334,7 +340,7 @@ class Links:
 
     def _network(self, conn: Connection, code: str, name: str) -> None:
         """Send one 0800 with field 70 = ``code``, report it, raise unless approved."""
-        doc = {"t": "0800", "7": transmission_datetime(), "11": self.stan.next(), "70": code}
+        doc = network_message(code, self.stan.next())
         context = {"stan": doc["11"]}
         started = time.perf_counter()
         try:
@@ -355,7 +361,7 @@ class Links:
             self.late += 1
             log.debug("late response %s", masking.describe(doc))
             return
-        response = {k: v for k, v in doc.items() if k not in ("p", "1")}
+        response = dict(doc)  # the codec rebuilds the bitmaps ("p", "1") from the fields
         response["t"] = response_mti(mti)
         response["39"] = "00" if mti[1:2] == "8" else "12"  # we only take network management
         conn.reply(response)
@@ -584,9 +590,7 @@ def stop_mock_host(environment: Environment, *, drain: float = 3.0) -> None:
     host = _mock_hosts.pop(environment, None)
     if host is None:
         return
-    deadline = time.monotonic() + drain
-    while host.connections and time.monotonic() < deadline:
-        gevent.sleep(0.02)
+    host._no_links.wait(max(0.0, drain))  # set once the host's link table is empty
     host.stop(timeout=5.0)
     log.info("embedded mock host stopped: %s", host.stats.summary())
 

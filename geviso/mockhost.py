@@ -25,11 +25,13 @@ import gevent.pool
 from iso8583.specs import default as default_spec
 
 from . import rules as rules_mod
-from .codec import Spec, response_mti
+from .codec import Spec, is_response, response_mti
 from .connection import Address, Connection, close_quietly
 from .errors import ConfigurationError, ConnectionClosed, GevisoError
+from .keepalive import ECHO
 from .rules import CLOSE, DROP, LATE, Rule, RuleSet
 from .server import Server
+from .stan import StanGenerator
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +191,7 @@ class MockHost(Server):
         self.echo_timeout = echo_timeout
         self.stats = MockStats(self)
         self._random = random.Random(seed)
-        self._response_mtis: dict[str, str] = {}
-        self._approval = 0
+        self._approval = StanGenerator()  # field 38 codes: 000001..999999, wrapping
         self._delayed = gevent.pool.Group()  # delayed answers and closes
         self._late = gevent.pool.Group()  # late answers (never waited for on stop)
         self._echo_loop: Optional[gevent.Greenlet] = None
@@ -204,16 +205,16 @@ class MockHost(Server):
     # -- answering ------------------------------------------------------------------------
     def _answer(self, conn: Connection, doc: dict[str, str]) -> None:
         """``on_inbound`` of every link: the hot path of the benchmarks."""
-        mti = doc.get("t", "")
-        if mti[2:3] in ("1", "3", "5", "7", "9"):  # a response nobody waits for
+        if is_response(doc.get("t", "")):  # a response nobody waits for
             self.stats.unmatched += 1
             return
         self.stats.received += 1
-        if self._rules:
-            for rule in self._rules:
-                if rule.matches(doc):
-                    self._apply(conn, doc, rule)
-                    return
+        rule_set = self._rule_set
+        if rule_set.rules:  # nothing to check per request when there are no rules
+            rule = rule_set.match(doc)
+            if rule is not None:
+                self._apply(conn, doc, rule)
+                return
         self._respond(conn, doc, None, None)
 
     def _apply(self, conn: Connection, doc: dict[str, str], rule: Rule) -> None:
@@ -243,15 +244,12 @@ class MockHost(Server):
         """Build the answer to ``doc`` and queue it on ``conn``."""
         stats = self.stats
         mti = doc.get("t", "")
-        answer_mti = self._response_mtis.get(mti)
-        if answer_mti is None:
-            try:
-                answer_mti = response_mti(mti)
-            except ValueError:
-                stats.errors += 1
-                log.warning("%s: cannot answer a message whose MTI is not four digits", self)
-                return
-            self._response_mtis[mti] = answer_mti
+        try:
+            answer_mti = response_mti(mti)
+        except ValueError:
+            stats.errors += 1
+            log.warning("%s: cannot answer a message whose MTI is not four digits", self)
+            return
         echo = self.echo_fields
         answer = {k: v for k, v in doc.items() if k in echo}
         answer["t"] = answer_mti
@@ -261,8 +259,7 @@ class MockHost(Server):
                 code = self.network_codes.get(doc.get("70", ""), code)
         answer["39"] = code
         if mti[1] in ("1", "2") and code in self.approval_codes and "38" not in answer:
-            self._approval = self._approval % 999_999 + 1
-            answer["38"] = "%06d" % self._approval
+            answer["38"] = self._approval.next()
         if extra:
             answer.update(extra)
         try:
@@ -297,7 +294,7 @@ class MockHost(Server):
 
     def echo(self, conn: Connection) -> bool:
         """Send one 0800/301 to ``conn`` and wait for its 0810; True if it came."""
-        message = {"t": "0800", "70": "301"}
+        message = dict(ECHO)
         if "7" in self.spec:
             message["7"] = time.strftime("%m%d%H%M%S", time.gmtime())
         self.stats.echoes += 1
@@ -331,7 +328,6 @@ class MockHost(Server):
     @rules.setter
     def rules(self, source: RulesSource) -> None:
         self._rule_set = _rule_set(source)
-        self._rules = self._rule_set.rules  # a tuple: nothing to check per request when empty
 
     def __repr__(self) -> str:
         return f"<geviso.MockHost {self.address} links={len(self.connections)} rules={len(self.rules)}>"

@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeGuard, Union
 
 import gevent
 import gevent.event
@@ -320,7 +320,7 @@ class Pool:
             log.error("pool on_error handler failed: %s", type(handler_exc).__name__)
 
     # -- using ------------------------------------------------------------------------
-    def _usable(self, conn: Optional[Connection]) -> bool:
+    def _usable(self, conn: Optional[Connection]) -> TypeGuard[Connection]:
         if conn is None or not conn.ready or conn.closed:
             return False
         return self.filter is None or bool(self.filter(conn))
@@ -353,7 +353,7 @@ class Pool:
                 if ok(slot.conn):
                     return slot.conn
             return None
-        candidates = [s.conn for s in slots if s.conn is not None and ok(s.conn)]
+        candidates = [s.conn for s in slots if s.conn is not None and ok(s.conn)]  # None check: for mypy
         if not candidates:
             return None
         assert callable(self.strategy)
@@ -417,7 +417,7 @@ class Pool:
     @property
     def usable(self) -> list[Connection]:
         """The links ``get()`` may return right now, in address order."""
-        return [s.conn for s in self._slots if s.conn is not None and self._usable(s.conn)]
+        return [s.conn for s in self._slots if self._usable(s.conn)]
 
     @property
     def is_up(self) -> bool:
@@ -427,7 +427,7 @@ class Pool:
     @property
     def is_degraded(self) -> bool:
         """Fewer usable links than addresses."""
-        return sum(1 for s in self._slots if self._usable(s.conn)) < len(self._slots)
+        return len(self.usable) < len(self._slots)
 
     @property
     def closed(self) -> bool:
@@ -443,7 +443,7 @@ class Pool:
         data.update(
             closed=self._closed,
             in_flight=sum(conn.in_flight for conn in self.connections),
-            usable=sum(1 for s in self._slots if self._usable(s.conn)),
+            usable=len(self.usable),
             addresses=[s.as_dict() for s in self._slots],
         )
         return data

@@ -177,29 +177,16 @@ def _compile_match(spec: Any, where: _Where) -> list[Predicate]:
         raise where.error(f"match.{unknown[0]}", f"unknown condition; use {', '.join(sorted(MATCH_KEYS))}")
     tests: list[Predicate] = []
     if "mti" in spec:
-        mtis = frozenset(_strings(spec["mti"], where, "match.mti", digits=4))
-        tests.append(lambda doc: doc.get("t") in mtis)
+        tests.append(_field_test("t", frozenset(_strings(spec["mti"], where, "match.mti", digits=4))))
     if "pan_prefix" in spec:
         prefixes = _strings(spec["pan_prefix"], where, "match.pan_prefix")
         if not all(p.isdigit() for p in prefixes):
             raise where.error("match.pan_prefix", "a PAN prefix is digits")
         tests.append(lambda doc: doc.get("2", "").startswith(prefixes))
-    if "amount_above" in spec:
-        above = _amount(spec["amount_above"], where, "match.amount_above")
-
-        def over(doc: Doc) -> bool:
-            amount = _amount_of(doc)
-            return amount is not None and amount > above
-
-        tests.append(over)
-    if "amount_below" in spec:
-        below = _amount(spec["amount_below"], where, "match.amount_below")
-
-        def under(doc: Doc) -> bool:
-            amount = _amount_of(doc)
-            return amount is not None and amount < below
-
-        tests.append(under)
+    if "amount_above" in spec or "amount_below" in spec:
+        above = _amount(spec["amount_above"], where, "match.amount_above") if "amount_above" in spec else None
+        below = _amount(spec["amount_below"], where, "match.amount_below") if "amount_below" in spec else None
+        tests.append(_amount_test(above, below))
     if "fields" in spec:
         wanted = spec["fields"]
         if not isinstance(wanted, Mapping) or not wanted:
@@ -212,6 +199,18 @@ def _compile_match(spec: Any, where: _Where) -> list[Predicate]:
 
 def _field_test(field: str, values: frozenset[str]) -> Predicate:
     return lambda doc: doc.get(field) in values
+
+
+def _amount_test(above: Optional[int], below: Optional[int]) -> Predicate:
+    """Field 4 over ``above`` and under ``below`` (None: no bound), parsed once per request."""
+
+    def test(doc: Doc) -> bool:
+        amount = _amount_of(doc)
+        if amount is None:
+            return False
+        return (above is None or amount > above) and (below is None or amount < below)
+
+    return test
 
 
 def _delay(value: Any, where: _Where) -> tuple[float, float]:

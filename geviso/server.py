@@ -75,7 +75,6 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         self.framing = framing if framing is not None else binary(2)
         self.tls = tls
         self.max_connections = max_connections
-        self.on_inbound = on_inbound
         self.on_error = on_error
         self.on_closed = on_closed
         self.handshake_timeout = handshake_timeout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from locust import constant_pacing, task
 
-from geviso.locust import ECHO, ISO8583User, transmission_datetime
+from geviso.locust import ECHO, ISO8583User, network_message
 
 
 class EchoUser(ISO8583User):
@@ -15,5 +15,4 @@ class EchoUser(ISO8583User):
 
     @task
     def echo(self) -> None:
-        doc = {"t": "0800", "7": transmission_datetime(), "11": self.client.stan(), "70": ECHO}
-        self.client.send(doc, name="0800 echo")
+        self.client.send(network_message(ECHO, self.client.stan()), name="0800 echo")

@@ -292,20 +292,19 @@ def stats_of(obj: Any) -> LinkStats:
     """The :class:`LinkStats` of a connection, or the totals of a pool or server: its
     :class:`Totals` (``obj.totals``) when it keeps one, else the sum over its
     ``connections``. A ``reconnects`` count in a dict ``obj.stats`` is kept."""
+    totals = getattr(obj, "totals", None)
+    if isinstance(totals, Totals):
+        return totals.stats()  # first: a pool's ``stats`` property would sum the links again
     stats = getattr(obj, "stats", None)
     if callable(stats):
         stats = stats()
     if isinstance(stats, LinkStats):
         return stats
-    totals = getattr(obj, "totals", None)
-    if isinstance(totals, Totals):
-        total = totals.stats()
-    elif isinstance(stats, Mapping) and "latency" in stats:
+    if isinstance(stats, Mapping) and "latency" in stats:
         return LinkStats.from_dict(stats)
-    else:
-        total = LinkStats()
-        for conn in _connections_of(obj):
-            total.add(stats_of(conn))
+    total = LinkStats()
+    for conn in _connections_of(obj):
+        total.add(stats_of(conn))
     if isinstance(stats, Mapping) and not total.reconnects:
         total.reconnects = int(stats.get("reconnects", 0) or 0)
     return total
