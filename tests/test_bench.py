@@ -6,6 +6,7 @@ runs end to end, against real hosts on loopback, and accounts for every message.
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -30,26 +31,39 @@ def check_all_matched(results: list[dict], workload: str, runs: int) -> None:
         assert r["msg_per_s"] > 0 and r["p99_us"] >= r["p50_us"] > 0
 
 
-def test_burst_sends_each_burst_on_one_link_and_matches_every_answer(capsys):
+def test_burst_runs_each_size_back_to_back_to_as_many_sends_and_matches_every_answer(capsys):
     report = run_json(capsys, "--workload", "burst", "--messages", "1000")
     labels = ["burst 100", "greenlets 100", "burst 1,000", "greenlets 1,000"]
     assert [r["label"] for r in report["results"]] == labels  # each burst, then its harness alone
+    assert [r["bursts"] for r in report["results"]] == [10, 10, 1, 1]  # 10 bursts of 100 = 1 of 1,000
+    assert all(r["messages"] == 1000 for r in report["results"])
     sends = [r for r in report["results"] if r["label"].startswith("burst ")]
     check_all_matched(sends, "burst", 2)
     assert all(r["in_flight_after"] == 0 for r in sends)
-    harness = [r for r in report["results"] if r["label"].startswith("greenlets ")]
-    assert [r["messages"] for r in harness] == [100, 1000] and all(r["msg_per_s"] > 0 for r in harness)
+    assert all(r["msg_per_s"] > 0 and 0 <= r["gc_seconds"] < r["seconds"] for r in report["results"])
 
 
-def test_summary_tells_geviso_apart_from_the_greenlet_per_send_harness_in_a_burst():
-    def run(label: str, seconds: float, messages: int) -> bench.Result:
-        return bench.Result("burst", label, messages, seconds, [0.001], messages)
+def test_collector_counts_the_time_and_full_collections_of_the_gc_inside_it():
+    with bench._Collector() as collector:
+        gc.collect(0)
+        gc.collect()
+    gc.collect()  # after: not counted
+    assert collector.full == 1 and collector.seconds > 0
+    assert gc.callbacks.count(collector._track) == 0
 
-    lines = bench.summary([run("burst 1,000", 0.02, 1_000), run("greenlets 1,000", 0.01, 1_000),
-                           run("burst 100,000", 2.5, 100_000), run("greenlets 100,000", 1.4, 100_000)])
+
+def test_summary_tells_geviso_apart_from_the_gc_and_the_greenlet_per_send_harness_in_a_burst():
+    def run(label: str, seconds: float, gc_seconds: float) -> bench.Result:
+        return bench.Result("burst", label, 100_000, seconds, [0.001], 100_000, gc_seconds=gc_seconds, gc_full=1)
+
+    lines = bench.summary([run("burst 1,000", 2.0, 0.1), run("greenlets 1,000", 1.0, 0.1),
+                           run("burst 100,000", 2.5, 0.4), run("greenlets 100,000", 1.4, 0.3)])
     assert "1.25 x 100 x the 1,000 burst's time (misses the 1.2x linearity target)" in lines[0]
-    # (2.5 - 1.4) / (100 x (0.02 - 0.01)) = 1.10; the greenlets alone 1.4 / (100 x 0.01) = 1.40
-    assert lines[1].endswith("itself 1.40 x): geviso's part 1.10 x")
+    # outside the GC: (2.5 - 0.4) / (2.0 - 0.1) = 1.11
+    assert lines[1] == ("burst 100,000 less the cyclic GC's collections (16% of its time, 5% of the 1,000 "
+                        "bursts'): 1.11 x")
+    # (2.5 - 1.4) / (2.0 - 1.0) = 1.10; the greenlets alone 1.4 / 1.0 = 1.40
+    assert lines[2].endswith("itself 1.40 x): geviso's part 1.10 x")
 
 
 def test_closed_loop_runs_against_a_mock_host_process(capsys):
