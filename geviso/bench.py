@@ -5,8 +5,10 @@ Workloads (``--workload``, comma-separated; default all but ``memory``):
 ``burst``
     REFERENCE section 7: one link, the mock host in this process, 0800 with field 11
     only, bursts of 100 / 1,000 / ... / ``--messages`` concurrent sends timed end to end,
-    each from its own raw greenlet. Each burst is followed by ``greenlets N``: as many
-    raw greenlets that each block once, without geviso, the harness's own cost.
+    each from its own raw greenlet. A smaller size runs back to back until it has sent
+    as many as the largest (``burst 1,000 x100``). Each row also shows the cyclic GC's
+    share of the time. Each size is followed by ``greenlets N``: as many raw greenlets
+    that each block once, without geviso, the harness's own cost.
 ``closed-loop``
     ``--concurrency`` senders (default 1, 10, 100) on one link, each sending the next
     0200 (15 fields, ``iso8583.specs.default``) when its answer arrives; the mock host

@@ -24,6 +24,7 @@ from . import framing as framing_mod
 from . import specs
 from .errors import ConfigurationError, GevisoError
 from .mockhost import MockHost, load_rules, summary_line
+from .server import bind_reuse_port
 
 PROG = "geviso"
 LISTENING = "geviso mock-host listening on"
@@ -189,14 +190,10 @@ def _serve_until_signal(host: Any) -> None:
 def _run_workers(args: argparse.Namespace, options: dict[str, Any]) -> int:
     """Fork ``--workers`` processes, each a MockHost on the same port (SO_REUSEPORT)."""
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    probe = socket.socket(family, socket.SOCK_STREAM)
     try:
         # Bound but never listening: it fixes the port (for --port 0) and takes no links.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        probe.bind((args.host, args.port))
-    except OSError as exc:
-        probe.close()
+        probe = bind_reuse_port((args.host, args.port), family)
+    except (OSError, GevisoError) as exc:
         print(f"{PROG} mock-host: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     port = probe.getsockname()[1]

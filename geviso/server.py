@@ -251,17 +251,27 @@ def _send_or_error(conn: Connection, doc: dict[str, str], timeout: Optional[floa
         return exc
 
 
-def _reuse_port_listener(address: Any, backlog: Optional[int], family: int) -> Any:
-    """A listening socket with ``SO_REUSEADDR`` and ``SO_REUSEPORT`` set."""
+def bind_reuse_port(address: Any, family: int) -> Any:
+    """A socket bound to ``address`` with ``SO_REUSEADDR`` and ``SO_REUSEPORT`` set: the
+    processes that each bind one share the port."""
     sock = socket.socket(family=family)
-    sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
-    reuse_port = getattr(_stdlib_socket, "SO_REUSEPORT", None)
-    if reuse_port is None:  # pragma: no cover - every Linux and BSD has it
-        sock.close()
-        raise GevisoError("SO_REUSEPORT is not available on this system")
-    sock.setsockopt(_stdlib_socket.SOL_SOCKET, reuse_port, 1)
     try:
+        sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+        reuse_port = getattr(_stdlib_socket, "SO_REUSEPORT", None)
+        if reuse_port is None:  # pragma: no cover - every Linux and BSD has it
+            raise GevisoError("SO_REUSEPORT is not available on this system")
+        sock.setsockopt(_stdlib_socket.SOL_SOCKET, reuse_port, 1)
         sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _reuse_port_listener(address: Any, backlog: Optional[int], family: int) -> Any:
+    """A listening socket on a port other processes may listen on too."""
+    sock = bind_reuse_port(address, family)
+    try:
         sock.listen(backlog or gevent.server.StreamServer.backlog)
     except OSError:
         sock.close()
