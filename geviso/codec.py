@@ -12,6 +12,7 @@ whenever it covers the spec, and connections use :func:`codec_for` by default.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import threading
 from collections import OrderedDict
@@ -30,6 +31,12 @@ Message = dict[str, str]
 def is_response(mti: str) -> bool:
     """True when the MTI's function digit (the third) is odd: 0110, 0230, 0810..."""
     return len(mti) >= 3 and mti[2] in "13579"
+
+
+def transmission_datetime(now: Optional[datetime.datetime] = None) -> str:
+    """Field 7: the UTC transmission date and time as MMDDhhmmss."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return now.astimezone(datetime.timezone.utc).strftime("%m%d%H%M%S")
 
 
 @functools.lru_cache(maxsize=256)

@@ -560,12 +560,16 @@ class Connection:
 
     def _arm_reaper(self, at: float) -> None:
         """Have :meth:`_reap` run at monotonic time ``at`` (instead of when it was due)."""
-        if self._reaper is not None:
-            self._reaper.close()
+        self._disarm_reaper()
         # after, repeat, ref, priority, as in wait_done
         self._reaper = self._hub.loop.timer(max(0.0, at - time.monotonic()), 0.0, True, -1)
         self._reap_at = at
         self._reaper.start(self._reap, update=True)
+
+    def _disarm_reaper(self) -> None:
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper, self._reap_at = None, INF
 
     def _reap(self) -> None:
         """Time out every watched request whose deadline has passed, then sleep until the
@@ -575,8 +579,7 @@ class Connection:
         stops at the first one not due; answered ones waiting for their sender to take
         the answer are passed by, as are those with a timer of their own.
         """
-        self._reaper.close()
-        self._reaper, self._reap_at = None, INF
+        self._disarm_reaper()
         now = time.monotonic()
         for pending in self._pending.values():
             deadline = pending.deadline
@@ -956,9 +959,7 @@ class Connection:
             err = ConnectionClosed(str(closed_exc), sent=0 < pending.seq <= self._taken)
             err.__cause__ = exc
             pending.resolve(exc=err)
-        if self._reaper is not None:
-            self._reaper.close()
-            self._reaper, self._reap_at = None, INF
+        self._disarm_reaper()
         self._idle.set()
         self._drained.set()
         self._wake_writer.set()

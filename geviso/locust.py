@@ -29,7 +29,7 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from . import errors, masking
-from .codec import Codec, Message, Spec, codec_for, is_response, response_mti
+from .codec import Codec, Message, Spec, codec_for, is_response, response_mti, transmission_datetime
 from .connection import Connection, close_quietly, parse_address
 from .framing import BY_NAME as FRAMINGS
 from .framing import Framing, by_name
@@ -82,12 +82,6 @@ DEFAULTS: dict[str, Any] = {
 
 
 # -- test data: no I/O ------------------------------------------------------------------
-def transmission_datetime(now: Optional[datetime.datetime] = None) -> str:
-    """Field 7: the UTC transmission date and time as MMDDhhmmss."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    return now.astimezone(datetime.timezone.utc).strftime("%m%d%H%M%S")
-
-
 def luhn_check_digit(digits: str) -> str:
     """The digit that makes ``digits`` + it pass the Luhn check."""
     total = 0
@@ -590,7 +584,7 @@ def stop_mock_host(environment: Environment, *, drain: float = 3.0) -> None:
     host = _mock_hosts.pop(environment, None)
     if host is None:
         return
-    host._no_links.wait(max(0.0, drain))  # set once the host's link table is empty
+    host.wait_no_links(drain)
     host.stop(timeout=5.0)
     log.info("embedded mock host stopped: %s", host.stats.summary())
 

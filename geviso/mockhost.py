@@ -25,7 +25,7 @@ import gevent.pool
 from iso8583.specs import default as default_spec
 
 from . import rules as rules_mod
-from .codec import Spec, is_response, response_mti
+from .codec import Spec, is_response, response_mti, transmission_datetime
 from .connection import Address, Connection, close_quietly
 from .errors import ConfigurationError, ConnectionClosed, GevisoError
 from .keepalive import ECHO
@@ -296,7 +296,7 @@ class MockHost(Server):
         """Send one 0800/301 to ``conn`` and wait for its 0810; True if it came."""
         message = dict(ECHO)
         if "7" in self.spec:
-            message["7"] = time.strftime("%m%d%H%M%S", time.gmtime())
+            message["7"] = transmission_datetime()
         self.stats.echoes += 1
         try:
             conn.send(message, timeout=self.echo_timeout)

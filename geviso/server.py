@@ -228,7 +228,12 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
                 conn.fail("server stopped")
         gevent.killall(closers, block=False)
         # Let every link's on_closed (its log line, the user's handler) run before we return.
-        self._no_links.wait(max(0.0, deadline - time.monotonic()))
+        self.wait_no_links(deadline - time.monotonic())
+
+    def wait_no_links(self, timeout: Optional[float] = None) -> bool:
+        """Block until no link is open (each closed one's ``on_closed`` has run); False if
+        ``timeout`` seconds passed first."""
+        return bool(self._no_links.wait(None if timeout is None else max(0.0, timeout)))
 
     def _before_links_close(self, deadline: float) -> None:
         """Hook: work to finish before the links close (MockHost's delayed answers)."""
