@@ -1,10 +1,11 @@
-# `make test` and `make demo` each build their own virtual environment.
+# `make test`, `make demo` and `make docs` each build the virtual environment they need.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: test demo lint soak bench clean
+.PHONY: test test-all demo docs lint soak bench package clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -12,18 +13,31 @@ $(STAMP): setup.py
 	$(BIN)/pip install -q -e '.[test,load]'
 	touch $(STAMP)
 
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
 lint: $(STAMP)
-	$(BIN)/ruff check geviso tests loadtests examples
+	$(BIN)/ruff check geviso tests loadtests examples noxfile.py
 	$(BIN)/mypy geviso
 
+# One Python, fast: lint plus the suite (slow soaks excluded).
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# Lint once, then the suite on every supported CPython found here (noxfile.py).
+test-all: $(STAMP) lint
+	$(BIN)/nox --no-color --reuse-venv=yes
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests
 
 bench: $(STAMP)
 	$(BIN)/geviso bench
+
+# The documentation site (docs/, mkdocs.yml) into site/; any warning fails the build.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The mixed Locust scenario (loadtests/) for about 20 s against the embedded mock host.
 DEMO_USERS ?= 100
@@ -36,4 +50,4 @@ demo: $(STAMP)
 	status=$$?; echo "HTML report: $(abspath $(DEMO_REPORT))"; exit $$status
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .nox site dist build .pytest_cache .mypy_cache .ruff_cache

@@ -1,17 +1,30 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+# The version lives in one place: geviso/__init__.py (read, not imported: importing
+# geviso needs gevent, which may not be installed yet).
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "geviso" / "__init__.py").read_text(encoding="utf-8"), re.M)
+if VERSION is None:
+    raise RuntimeError("geviso/__init__.py has no __version__")
+
+DOCS = ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"]
 
 setup(
     name="geviso",
-    version="0.1.0",
+    version=VERSION.group(1),
     description=(
         "gevent ISO 8583 links: interleaved requests on one TCP/TLS link, pools, a mock card host, Locust load tests"
     ),
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["geviso", "geviso.*"]),
-    package_data={"geviso": ["py.typed"]},
+    # Every file under geviso/ (py.typed, templates, examples of rules...) ships: see MANIFEST.in.
+    include_package_data=True,
     install_requires=["gevent>=23.9", "pyiso8583>=3.0"],
     extras_require={
         "test": [
@@ -25,14 +38,28 @@ setup(
             "gunicorn>=21",
             "prometheus-client>=0.17",
             "pyyaml>=6",
+            "types-PyYAML",
+            "nox>=2024.3",
         ],
         "load": ["locust>=2.20"],
         "prometheus": ["prometheus-client>=0.17"],
         "yaml": ["pyyaml>=6"],
+        "docs": DOCS,
     },
     entry_points={"console_scripts": ["geviso=geviso.cli:main"]},
     classifiers=[
+        "Development Status :: 4 - Beta",
+        "Intended Audience :: Developers",
+        "License :: OSI Approved :: MIT License",
+        "Operating System :: POSIX",
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Programming Language :: Python :: Implementation :: CPython",
         "Framework :: gevent",
         "Topic :: Office/Business :: Financial",
         "Typing :: Typed",
