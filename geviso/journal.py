@@ -80,6 +80,7 @@ class Entry:
 
     @property
     def mti(self) -> str:
+        """The request's MTI."""
         return str(self.request.get("t", ""))
 
     def decided_by(self, rule: rules_mod.Rule) -> None:

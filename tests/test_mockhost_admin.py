@@ -11,15 +11,13 @@ from typing import Any
 
 import gevent
 import pytest
-from iso8583.specs import default as spec
+from conftest import wait_until
+from test_cli import MockHostProcess
 
 from geviso import cli
 from geviso.admin import AdminServer, check_exposure
 from geviso.errors import AdminError, ConfigurationError
 from geviso.mockhost import AdminClient, MockHost
-
-from conftest import wait_until
-from test_cli import MockHostProcess
 
 PAN = "4111111111111111"
 START_RULES = [{"name": "big declined", "match": {"mti": "0100", "amount_above": 100000}, "code": "51"}]
