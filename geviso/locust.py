@@ -1,7 +1,7 @@
 """Locust load tests over geviso links: an abstract :class:`ISO8583User` whose client
 reports every send to Locust's ``request`` event.
 
-Needs locust (``pip install geviso[load]``); ``import geviso`` never imports locust.
+Needs locust (the ``load`` extra); ``import geviso`` never imports locust.
 Locust runs on gevent, so the links are ordinary geviso links: no threads, no bridge.
 
 Importing this module adds the ``--iso-*`` command-line options and, for runs started
@@ -47,10 +47,9 @@ _random = random.Random()
 #: The ``request_type`` of every request geviso reports to Locust.
 REQUEST_TYPE = "ISO8583"
 #: Seconds a request in flight when Locust stops its user still has to be answered.
+#: One whose answer does not come by then was cut off by the end of the run: it is not
+#: reported to Locust (neither a success nor a failure), only counted in the log.
 STOP_GRACE = 0.2
-#: The failure of a request whose user Locust stopped and whose answer did not come
-#: within :data:`STOP_GRACE`.
-INTERRUPTED = "the user was stopped before the answer came"
 #: Field 70 network management codes.
 SIGN_ON, SIGN_OFF, ECHO = "001", "002", "301"
 
@@ -239,10 +238,17 @@ class Links:
             if settings.tls
             else None
         )
+        #: Sends cut off by the end of a run (not reported to Locust), since the start.
+        self.cut_off = 0
+        self._cut_off_logged = 0
+        #: True from the end of a run (test_stop, or quitting) until the next test_start:
+        #: no link opens, and a send is not sent nor reported.
+        self.stopping = False
         self._pool: Optional[Pool] = None
         self._own: set[Connection] = set()
         self._lock = gevent.lock.RLock()
         hooks: Any = environment.events
+        hooks.test_start.add_listener(self._on_start)
         hooks.test_stop.add_listener(self._on_stop)
         hooks.quitting.add_listener(self._on_stop)
 
@@ -264,11 +270,15 @@ class Links:
         )
 
     def sender(self) -> Pool:
-        """The opened pool (``send(doc, timeout=)``) shared by this process's users."""
+        """The opened pool (``send(doc, timeout=)``) shared by this process's users.
+        Raises :class:`~geviso.PoolClosed` once the run is stopping: a user still running
+        then (Locust quits on SIGTERM before it stops the users) opens no second pool."""
         pool = self._pool
         if pool is not None:
             return pool
         with self._lock:  # the first user opens it, the others wait for it
+            if self.stopping:
+                raise errors.PoolClosed("the load test is stopping")
             if self._pool is None:
                 # min_connections=0: a host that is down fails requests fast with
                 # NoConnections while the pool keeps dialling it with backoff.
@@ -291,6 +301,8 @@ class Links:
 
     def open_own(self) -> Connection:
         """A connected link for one user alone (``--iso-link-per-user``)."""
+        if self.stopping:
+            raise errors.PoolClosed("the load test is stopping")
         conn = self.connection()
         self._own.add(conn)
         try:
@@ -306,8 +318,10 @@ class Links:
         conn.close(timeout=self.settings.timeout)
 
     def close(self) -> None:
-        """Close every link gracefully (in-flight requests get their answers first)."""
+        """Close every link gracefully (in-flight requests get their answers first), once;
+        no link opens again until the next test_start."""
         with self._lock:
+            self.stopping = True
             pool, self._pool = self._pool, None
         own, self._own = list(self._own), set()
         try:
@@ -318,9 +332,17 @@ class Links:
                 pool.close()
                 log.info("links to %s:%d closed (%d late responses so far)", *self.settings.address, self.late)
 
-    def _on_stop(self, environment: Environment, **_: Any) -> None:
+    def _on_start(self, environment: Environment, **_: Any) -> None:
         if environment is self.environment:
-            self.close()
+            self.stopping = False
+
+    def _on_stop(self, environment: Environment, **_: Any) -> None:
+        if environment is not self.environment:
+            return
+        self.close()
+        if self.cut_off > self._cut_off_logged:
+            log.info("%d request(s) cut off by the end of the run, not counted", self.cut_off - self._cut_off_logged)
+            self._cut_off_logged = self.cut_off
 
     def _sign_on(self, conn: Connection) -> None:
         """``on_connect``: 0800/001, reported to Locust as "0800 sign-on"."""
@@ -374,6 +396,10 @@ def links_for(environment: Environment, host: Optional[str]) -> Links:
 
 
 # -- the client and the user ------------------------------------------------------------
+#: Errors of a send that the closing of the links at the end of the run explains.
+_CUT_OFF = (errors.PoolClosed, errors.ConnectionClosed, errors.NoConnections)
+
+
 class ISO8583Client:
     """A user's ``client``: ``send()`` goes out on the process's shared links (or the
     user's own) and is reported to Locust once, as a success or a failure.
@@ -420,24 +446,36 @@ class ISO8583Client:
         timeout: Optional[float] = None,
         declines_fail: Optional[bool] = None,
         context: Optional[Mapping[str, Any]] = None,
+        expect: tuple[type[BaseException], ...] = (),
     ) -> Optional[Message]:
-        """Send ``doc`` and report it to Locust under ``name`` (default its MTI)."""
+        """Send ``doc`` and report it to Locust under ``name`` (default its MTI).
+
+        ``expect`` lists errors that are an expected outcome of this request rather than
+        a failure, e.g. ``(geviso.SendTimeout,)`` for an authorization that a scenario
+        reverses when it times out: such an outcome is reported as a success, under
+        ``"NAME (ErrorClass)"`` so it has its own row, and ``last_error`` holds it.
+        A send cut off by the end of the run is not reported at all.
+        """
         links = self.links
         name = name or str(doc.get("t", "?"))
+        self.last_error = self.last_response = None
+        if links.stopping:  # the run is over: a user still running sends nothing more
+            self.last_error = errors.PoolClosed("the load test is stopping")
+            return None
         if declines_fail is None:
             declines_fail = self.user.declines_fail
         ctx = {**self.user.context(), **(context or {})}
         if "11" in doc:
             ctx["stan"] = doc["11"]
         timeout = links.settings.timeout if timeout is None else timeout
-        self.last_error = self.last_response = None
         started = time.perf_counter()
         response: Optional[Message] = None
         failure: Optional[BaseException] = None
         stopping: Optional[BaseException] = None
         # The send runs in a greenlet of its own because Locust stops users by killing
         # them, now and then mid-request: the request is then given STOP_GRACE seconds
-        # to be answered, so the stats still say what became of it.
+        # to be answered, so the stats still say what became of it; if it is not, the
+        # end of the run cut it off, which is no failure and is not reported.
         job = gevent.spawn(self._send, links, doc, timeout)
         try:
             job.join()
@@ -457,12 +495,23 @@ class ISO8583Client:
                 raise failure  # a bug, not an outcome: Locust logs it as the task's error
         else:
             job.kill(block=False)
-            failure = errors.GevisoError(INTERRUPTED)
+            failure = errors.GevisoError("the run ended before the answer came")
+        if response is None and (not job.ready() or (links.stopping and isinstance(failure, _CUT_OFF))):
+            links.cut_off += 1
+            self.last_error = failure
+            if stopping is not None:
+                raise stopping
+            return None
         if response is not None:
             code = response.get("39", "")
             if declines_fail and code not in self.user.approved_codes:
                 failure = errors.Declined(code)
-        _fire(self.environment, name, started, links.codec, response, failure, ctx)
+        reported = failure
+        if failure is not None and expect and isinstance(failure, expect):
+            name = f"{name} ({type(failure).__name__})"
+            ctx["outcome"] = type(failure).__name__
+            reported = None
+        _fire(self.environment, name, started, links.codec, response, reported, ctx)
         self.last_error, self.last_response = failure, response
         if stopping is not None:
             raise stopping

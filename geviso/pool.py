@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional, TypeGuard, Union
+from typing import Any, Callable, Optional, Union
 
 import gevent
 import gevent.event
@@ -320,7 +320,7 @@ class Pool:
             log.error("pool on_error handler failed: %s", type(handler_exc).__name__)
 
     # -- using ------------------------------------------------------------------------
-    def _usable(self, conn: Optional[Connection]) -> TypeGuard[Connection]:
+    def _usable(self, conn: Optional[Connection]) -> bool:
         if conn is None or not conn.ready or conn.closed:
             return False
         return self.filter is None or bool(self.filter(conn))
@@ -417,7 +417,7 @@ class Pool:
     @property
     def usable(self) -> list[Connection]:
         """The links ``get()`` may return right now, in address order."""
-        return [s.conn for s in self._slots if self._usable(s.conn)]
+        return [s.conn for s in self._slots if s.conn is not None and self._usable(s.conn)]
 
     @property
     def is_up(self) -> bool:

@@ -378,7 +378,7 @@ def loads(text: str, *, fmt: str = "json", source: str = "") -> RuleSet:
         try:
             import yaml
         except ImportError:
-            raise ConfigurationError(f"{prefix}YAML rules need PyYAML (pip install geviso[yaml])") from None
+            raise ConfigurationError(f"{prefix}YAML rules need PyYAML (the yaml extra: pip install pyyaml)") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -1,4 +1,4 @@
-"""Prometheus export of geviso's stats: ``pip install geviso[prometheus]``.
+"""Prometheus export of geviso's stats (the ``prometheus`` extra, or ``pip install prometheus-client``).
 
 A ``prometheus_client`` custom collector reads the stats of every registered
 connection, pool or server at scrape time; nothing is counted twice and the hot path
