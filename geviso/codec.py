@@ -23,6 +23,7 @@ import iso8583
 
 from .compiled import Compiled, compile_spec
 from .errors import ConfigurationError, DecodeError, EncodeError
+from .masking import ESCAPE_LIMIT, escape, mask_text
 
 Spec = Mapping[str, Mapping[str, Any]]
 Message = dict[str, str]
@@ -50,10 +51,114 @@ def response_mti(mti: str) -> str:
 def _safe_text(verb: str, exc: Exception) -> str:
     field = getattr(exc, "field", None)
     pos = getattr(exc, "pos", None)
-    where = f" in field {field}" if field is not None else ""
+    where = f" in field {escape(field, ESCAPE_LIMIT)}" if field is not None else ""
     if pos is not None:
         where += f" at byte {pos}"
     return f"cannot {verb} message{where}"
+
+
+#: Keys a message may hold besides field numbers: MTI, header, and the bitmaps (rebuilt).
+_NAMED_KEYS = frozenset({"t", "h", "p", "1", "65"})
+
+
+def _expected(spec: Mapping[str, Any]) -> str:
+    """What a field's spec asks for, in words: "exactly 4 ascii characters"."""
+    enc = spec.get("data_enc", "?")
+    max_len = spec.get("max_len", "?")
+    count = "nibbles" if spec.get("len_count") == "nibbles" else ("bytes" if enc == "b" else "characters")
+    how = "exactly" if spec.get("len_type", 0) == 0 else "at most"
+    what = "hex digits" if enc == "b" else f"{enc} characters"
+    return f"a str of {what}, {how} {max_len} {count}"
+
+
+def _field_problem(key: str, value: Any, spec: Mapping[str, Any]) -> str:
+    """What is wrong with one field's value for its spec ("" if nothing found); never
+    quotes the value."""
+    desc = spec.get("desc")
+    name = f"field {key}" + (f" ({desc})" if desc else "")
+    expected = _expected(spec)
+    if not isinstance(value, str):
+        return f"{name}: expected {expected}, got {type(value).__name__}"
+    enc = spec.get("data_enc")
+    if enc == "b":
+        if len(value) % 2 or any(ch not in "0123456789abcdefABCDEF" for ch in value):
+            return f"{name}: expected {expected} (an even number of hex digits)"
+        size = len(value) // 2
+    else:
+        try:
+            size = len(value.encode(str(enc)))
+        except LookupError:
+            return f"{name}: the spec's encoding is unknown"
+        except UnicodeError:
+            return f"{name}: expected {expected}; it has characters outside {enc}"
+    if spec.get("len_count") == "nibbles":
+        size = len(value)
+    max_len = spec.get("max_len")
+    if isinstance(max_len, int):
+        if spec.get("len_type", 0) == 0 and size != max_len:
+            return f"{name}: expected {expected}, got {size}"
+        if size > max_len:
+            return f"{name}: expected {expected}, got {size}"
+    return ""
+
+
+def _names_problem(doc: Any, spec: Spec) -> str:
+    """Not a mapping, or a field name that is not a str or not in the spec (pyiso8583
+    ignores names that are not numbers, so a typo would silently drop a field)."""
+    if not isinstance(doc, Mapping):
+        return f"a message is a mapping of field name to str, got {type(doc).__name__}"
+    for key in doc:
+        if not isinstance(key, str):
+            return f"field names are str (\"t\", \"4\"), got {type(key).__name__}"
+        if key not in spec and key not in _NAMED_KEYS:
+            return f"field {escape(key, ESCAPE_LIMIT)} is not in the spec"
+    return ""
+
+
+def explain(doc: Any, spec: Spec) -> str:
+    """Why ``doc`` cannot be encoded with ``spec`` (which field, what was expected), or
+    "" when no check here finds it. Never quotes a value: a field name the caller
+    chose is escaped and cut short."""
+    problem = _names_problem(doc, spec)
+    if problem:
+        return problem
+    if "t" not in doc:
+        return "field t (Message Type) is missing"
+    header = spec.get("h")
+    if header is not None and header.get("max_len", 0) > 0 and "h" not in doc:
+        return "field h (the header) is missing: the spec has one"
+    for key, value in doc.items():
+        if key in ("p", "1", "65") or (key == "h" and (header is None or header.get("max_len", 0) <= 0)):
+            continue  # rebuilt or ignored by the codec
+        problem = _field_problem(key, value, spec[key])
+        if problem:
+            return problem
+    return ""
+
+
+def encode_error(doc: Any, spec: Spec, exc: Optional[BaseException] = None) -> EncodeError:
+    """The :class:`EncodeError` for ``doc``: :func:`explain`'s reason, else the reason
+    pyiso8583 gave (its words, never the value or document it carries); ``exc`` stays
+    reachable as ``__cause__``."""
+    reason = explain(doc, spec)
+    if not reason:
+        field = getattr(exc, "field", None)
+        said = getattr(exc, "msg", None)  # pyiso8583's reason, without the document
+        where = f"field {escape(field, ESCAPE_LIMIT)}" if field is not None else "message"
+        said = mask_text(escape(said, 200)) if isinstance(said, str) else type(exc).__name__
+        reason = f"{where}: {said}"
+    err = EncodeError(f"cannot encode message: {reason}")
+    err.__cause__ = exc
+    return err
+
+
+class Received(dict):  # type: ignore[type-arg]
+    """A decoded message whose frame carried a TPDU (``.tpdu``, 5 bytes): the TPDU
+    belongs to the message, so :meth:`Connection.reply` can answer it with its own,
+    however late or out of order."""
+
+    __slots__ = ("tpdu",)
+    tpdu: bytes
 
 
 class Codec:
@@ -64,10 +169,13 @@ class Codec:
 
     def encode(self, doc: Mapping[str, str]) -> bytes:
         """Bytes for ``doc``; ``doc`` itself is left as it was."""
+        problem = _names_problem(doc, self.spec)  # pyiso8583 would drop a field "zz"
+        if problem:
+            raise EncodeError(f"cannot encode message: {problem}")
         try:
             raw, _ = iso8583.encode(dict(doc), self.spec)
         except Exception as exc:  # pyiso8583 also fails with TypeError, KeyError, even UnboundLocalError
-            raise EncodeError(_safe_text("encode", exc)) from exc
+            raise encode_error(doc, self.spec, exc) from exc
         return bytes(raw)
 
     def decode(self, data: bytes) -> Message:

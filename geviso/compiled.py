@@ -381,7 +381,7 @@ class _Generator:
             "    for k in doc:",
             "        f = FIELD_NUMBERS.get(k)",
             "        if f is None:",
-            "            if k == '1' or k == '65' or (k.__class__ is str and not k.isnumeric()): continue",
+            "            if k == 't' or k == 'p' or k == '1' or k == '65' or k == 'h': continue",
             "            raise Miss",
             "        numbers.append(f)",
             "    numbers.sort()",

@@ -26,7 +26,7 @@ from gevent import getcurrent, socket
 from gevent.hub import Waiter, get_hub
 
 from . import errors, keys, masking
-from .codec import Codec, Message, Spec, codec_for
+from .codec import Codec, Message, Received, Spec, codec_for, explain
 from .errors import (
     ConnectFailed,
     ConnectionClosed,
@@ -37,9 +37,10 @@ from .errors import (
     Rejected,
     SendTimeout,
 )
-from .framing import Framing, binary
+from .framing import TPDU_SIZE, Framing, binary
 from .metrics import LinkStats
-from .stan import StanGenerator
+from .ratelog import SummaryLog
+from .stan import MAX_STAN, StanGenerator
 from .tls import wrap as tls_wrap
 from .tracing import RequestListener, traced_send
 
@@ -262,6 +263,7 @@ class Connection:
         #: True once ``on_connect`` has finished: the link may carry traffic.
         self.ready = False
         self.stats = LinkStats()
+        self._warnings = SummaryLog(log)
         self.server_side = False
         self._state = NEW
         self._sock: Any = None
@@ -287,13 +289,16 @@ class Connection:
         self._idle = gevent.event.Event()
         self._closed_event = gevent.event.Event()
         self._closer: Any = None
+        self._close_deadline = INF  # when a close() in progress must return
         self._close_error: Optional[BaseException] = None
         self._failure: Optional[BaseException] = None
         self._inbound_pool = gevent.pool.Pool(max_inbound)
         self._greenlets: list[gevent.Greenlet] = []
         self._ping_greenlet: Optional[gevent.Greenlet] = None
         self._last_read = self._last_write = time.monotonic()
-        self._decoder = self.framing.decoder()
+        #: With a TPDU framing, each decoded message carries its frame's TPDU (see reply()).
+        self._tpdu_frames = self.framing.tpdu is not None
+        self._decoder = self.framing.decoder(keep_tpdu=self._tpdu_frames)
         header = self.framing.header_struct
         self._pack_header = header.pack if header is not None else None
         self._max_payload = self.framing.max_length
@@ -453,10 +458,12 @@ class Connection:
         return self._send(doc, timeout)
 
     def _send(self, doc: Mapping[str, str], timeout: Optional[float] = None) -> Message:
-        if self._state != OPEN:
-            self._check_sendable()
         if timeout is None:
             timeout = self.send_timeout
+        if self._state != OPEN:
+            self._check_sendable()
+            if self._state == CLOSING:  # on_close's sign-off: within what is left of close()
+                timeout = min(timeout, max(0.0, self._close_deadline - time.monotonic()))
         started = time.monotonic()
         slots = self._slots
         if slots is not None:
@@ -464,30 +471,45 @@ class Connection:
                 self.stats.timeouts += 1
                 raise SendTimeout(f"no free in-flight slot within {timeout:g}s (max_in_flight={self.max_in_flight})")
         pending: Optional[_Pending] = None
-        mti = str(doc.get("t", "?"))
+        mti = "?"
         try:
             if slots is not None and self._state != OPEN:  # the link may have closed while we waited
                 self._check_sendable()
-            if "11" in doc:
-                msg = doc  # the codec reads it and leaves it as it was: no copy needed
-                req_key: Any = _NO_KEY
-            else:
-                msg = dict(doc)
-                req_key = self._assign_stan(msg)
-            if req_key is _NO_KEY:
-                try:
-                    req_key = self.key(msg)
-                except KeyError as exc:
-                    raise self._key_error(exc) from None
-            in_flight = self._pending
-            if req_key in in_flight:
-                raise DuplicateKey(f"a request with key {masking.mask_text(str(req_key))} is already in flight")
-            frame = self._frame(msg)
+            try:
+                if "11" in doc:
+                    msg = doc  # the codec reads it and leaves it as it was: no copy needed
+                    req_key: Any = _NO_KEY
+                else:
+                    msg = dict(doc)
+                    req_key = self._assign_stan(msg)
+                if req_key is _NO_KEY:
+                    try:
+                        req_key = self.key(msg)
+                    except KeyError as exc:
+                        raise self._key_error(exc) from None
+                in_flight = self._pending
+                if req_key in in_flight:
+                    raise DuplicateKey(f"a request with key {masking.mask_text(str(req_key))} is already in flight")
+                frame = self._frame(msg)
+                mti = msg["t"]  # encoded, so a str
+            except GevisoError:
+                raise
+            except Exception as exc:  # not a mapping, an MTI the key function cannot read...
+                raise self._bad_message(doc, exc) from exc
             pending = _Pending()
-            pending.key, pending.mti, pending.started = req_key, mti, started
-            pending.seq, pending.deadline, pending.sender = 0, -1.0, None
-            in_flight[req_key] = pending
             deadline = started + timeout
+            pending.key, pending.mti, pending.started = req_key, mti, started
+            pending.seq, pending.sender = 0, None
+            in_flight[req_key] = pending
+            # Whether the reaper times it out is settled as it is filed, before _enqueue
+            # may wait: the reaper relies on ``_pending``'s order being deadline order.
+            reaped = deadline >= self._last_deadline
+            if reaped:
+                self._last_deadline = pending.deadline = deadline
+                if deadline < self._reap_at:
+                    self._arm_reaper(deadline)
+            else:
+                pending.deadline = -1.0
             outbox = self._outbox
             if outbox and self._outbox_bytes < self.max_write_buffer:
                 # _enqueue's usual case, inlined: the writer is awake (it sleeps only on an
@@ -499,10 +521,7 @@ class Connection:
                 self._enqueue(frame, pending, deadline)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("send %s on %s", masking.describe(msg), self)
-            if deadline >= self._last_deadline:  # in deadline order: the reaper times it out
-                self._last_deadline = pending.deadline = deadline
-                if deadline < self._reap_at:
-                    self._arm_reaper(deadline)
+            if reaped:
                 if not pending.ready():
                     # Wait, however long: the reaper resolves it at its deadline. No Waiter,
                     # link or timer per request; resolve() switches back here (measured
@@ -516,8 +535,13 @@ class Connection:
                         # Killed, or a gevent.Timeout, while waiting; or woken by something
                         # else after the outcome was set: a queued wake-up must not switch in.
                         pending.sender = None
-            elif not pending.wait_done(deadline - time.monotonic()):
-                self._expire(pending, timeout)
+            else:
+                # A loop timer may fire a hair before time.monotonic() reaches the
+                # deadline: wait out the rest, never time out early.
+                while not pending.wait_done(deadline - time.monotonic()):
+                    if time.monotonic() >= deadline:
+                        self._expire(pending, timeout)
+                        break
             error = pending.exception
             if error is not None:
                 raise error
@@ -539,24 +563,58 @@ class Connection:
                 slots.release()
 
     def _assign_stan(self, msg: dict[str, str]) -> Any:
-        """Put the next STAN whose key is not in flight in ``msg`` (the send's own copy)
-        and return that key, or ``_NO_KEY`` when the key function cannot key it."""
-        for _ in range(1000):
-            msg["11"] = self.stan.next()
+        """Put the next STAN whose key is neither in flight nor timed out recently in
+        ``msg`` (the send's own copy) and return that key, or ``_NO_KEY`` when the key
+        function cannot key it.
+
+        A timed-out key is skipped for as long as a late answer to it is recognised as
+        late (see :meth:`_remember_timeout`): once the counter wraps, that late answer
+        must not resolve a new request. A key that does not change with the STAN (e.g.
+        ``keys.fields("41")``) and is in flight is a :class:`DuplicateKey` after one STAN.
+        """
+        pending, timed_out, stan = self._pending, self._timed_out, self.stan
+        # Each key in flight or timed out rules out at most one STAN (if keys differ by STAN).
+        for _ in range(min(len(pending) + len(timed_out) + 1, MAX_STAN)):
+            msg["11"] = stan.next()
             try:
                 candidate = self.key(msg)
             except (KeyError, TypeError):
                 return _NO_KEY  # send() calls the key function again and reports it
-            if candidate not in self._pending:
-                return candidate
-        raise LocalProtocolError("no free STAN: too many requests in flight")
+            if candidate not in pending:
+                if candidate not in timed_out or not self._key_follows_stan(msg, candidate):
+                    return candidate  # (no other STAN would give another key)
+            elif not self._key_follows_stan(msg, candidate):
+                raise DuplicateKey(f"a request with key {masking.mask_text(str(candidate))} is already in flight")
+        raise LocalProtocolError("no free STAN: every one is in flight or recently timed out")
+
+    def _key_follows_stan(self, msg: dict[str, str], candidate: Hashable) -> bool:
+        """Whether another STAN gives ``msg`` another key (it does for keys with field
+        11); tried on a copy, without taking a STAN from the generator."""
+        other = dict(msg)
+        other["11"] = "000000" if msg["11"] != "000000" else "000001"
+        try:
+            return bool(self.key(other) != candidate)
+        except Exception:
+            return True
+
+    def _bad_message(self, doc: Any, exc: Exception) -> errors.EncodeError:
+        """The :class:`EncodeError` for a message that failed before encoding (not a
+        mapping, an MTI the key function cannot read): which field, what was expected."""
+        reason = explain(doc, self.spec)
+        if reason:
+            err = errors.EncodeError(f"cannot encode message: {reason}")
+        else:
+            err = errors.EncodeError(f"cannot build the request key: the key function raised {type(exc).__name__}")
+        err.__cause__ = exc
+        return err
 
     def _expire(self, pending: _Pending, timeout: float) -> None:
         """Time out a request still waiting: it raises :class:`SendTimeout`, a late
         response to it is counted as late."""
         if pending.resolve(exc=SendTimeout(f"no response within {timeout:g}s")):
             self.stats.timeouts += 1
-            self._remember_timeout(pending.key)
+            if pending.seq:  # queued, so it may reach the peer: an answer may come late
+                self._remember_timeout(pending.key)
 
     def _arm_reaper(self, at: float) -> None:
         """Have :meth:`_reap` run at monotonic time ``at`` (instead of when it was due)."""
@@ -613,14 +671,19 @@ class Connection:
         except errors.FramingError as exc:
             raise errors.EncodeError(str(exc)) from exc
 
-    def reply(self, doc: Mapping[str, str]) -> None:
+    def reply(self, doc: Mapping[str, str], *, to: Optional[Mapping[str, str]] = None) -> None:
         """Write a message with no tracking: the answer to a request from the peer.
 
-        With TPDU framing, the last received TPDU is swapped into the reply. Allowed
-        while the link is closing, so answers to requests already received still go out.
+        With TPDU framing, the reply carries the TPDU of the request it answers with
+        source and destination swapped: ``to``'s (the request as ``on_inbound`` got it),
+        else ``doc``'s own if it is a received message, else the last TPDU received
+        (right only when answering at once, in order). Allowed while the link is
+        closing, so answers to requests already received still go out.
         """
         self._check_writable()
-        tpdu = self._decoder.last_tpdu
+        tpdu = getattr(to if to is not None else doc, "tpdu", None)
+        if tpdu is None and to is None:
+            tpdu = self._decoder.last_tpdu
         frame = self._frame(doc, Framing.swap_tpdu(tpdu) if tpdu is not None else None)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("reply %s on %s", masking.describe(doc), self)
@@ -655,6 +718,8 @@ class Connection:
                 self.stats.timeouts += 1
                 raise SendTimeout(f"write buffer stayed full ({queued} bytes queued): the peer is not reading")
             self._drained.wait(left)
+            if pending is not None and pending.ready():
+                return  # timed out by the reaper, or the link failed, while it waited
         if self._state == CLOSED:
             raise ConnectionClosed("link closed") from self._failure
         outbox = self._outbox
@@ -693,10 +758,10 @@ class Connection:
                 self.stats.sent += len(batch)
         except OSError as exc:  # ssl.SSLError included
             self._fail(exc)
-        except gevent.GreenletExit:
-            pass
         except Exception as exc:
             self._loop_crashed("writer", exc)
+        except BaseException as exc:  # noqa: B036 - killed: failed below, then re-raised
+            self._loop_stopped("writer", exc)
 
     def _read_loop(self) -> None:
         sock = self._sock
@@ -732,10 +797,24 @@ class Connection:
             self._fail(exc)
         except OSError as exc:  # ssl.SSLError included
             self._fail(exc)
-        except gevent.GreenletExit:
-            pass
         except Exception as exc:
             self._loop_crashed("reader", exc)
+        except BaseException as exc:  # noqa: B036 - killed, or e.g. gevent.Timeout from an inline handler
+            self._loop_stopped("reader", exc)
+
+    def _loop_stopped(self, loop: str, exc: BaseException) -> None:
+        """The reader or writer ended by a BaseException: our own kill when the link
+        closed, else (a kill from elsewhere, a ``gevent.Timeout`` escaping an inline
+        ``on_inbound``) the link fails at once rather than stay open with nobody reading
+        or writing. Exceptions meant for the process (SystemExit, KeyboardInterrupt)
+        are re-raised."""
+        if self._state != CLOSED:
+            log.error("%s of %s stopped: %s", loop, self, type(exc).__name__)
+            failure = ConnectionClosed(f"link failed: its {loop} stopped ({type(exc).__name__})")
+            failure.__cause__ = exc
+            self._fail(failure)
+        if not isinstance(exc, (gevent.GreenletExit, gevent.Timeout)):
+            raise exc
 
     def _loop_crashed(self, loop: str, exc: Exception) -> None:
         """A bug, not the network (e.g. a key function raising): fail the link rather
@@ -750,7 +829,7 @@ class Connection:
         every response takes, so it is inlined here, with what it needs looked up once
         per ``recv``. Anything else goes to :meth:`_handle_other`."""
         stats = self.stats
-        decode = self.codec.decode
+        decode = self._decode_tpdu if self._tpdu_frames else self.codec.decode
         key = self.key
         waiting = self._pending
         resolved: list[_Pending] = []  # their senders are woken together, after the loop
@@ -783,6 +862,12 @@ class Connection:
                 stats.matched += len(resolved)
                 stats.record_answered(resolved, time.monotonic())
                 self._run_callback(_wake_senders, resolved)
+
+    def _decode_tpdu(self, payload: bytes) -> Message:
+        """Decode a payload that starts with its TPDU; the message keeps it as ``.tpdu``."""
+        doc = Received(self.codec.decode(payload[TPDU_SIZE:]))
+        doc.tpdu = payload[:TPDU_SIZE]
+        return doc
 
     def _handle_other(self, doc: Message, response: bool, resp_key: Optional[Hashable]) -> None:
         """A request from the peer, or a response no send is waiting for (late or stray)."""
@@ -866,11 +951,13 @@ class Connection:
             self._report(err)
 
     def _report(self, exc: BaseException) -> None:
-        """Hand an error no caller can receive to ``on_error``, or log it safely."""
+        """Hand an error no caller can receive to ``on_error``, or log it safely: at
+        most one WARNING line per link per interval (the peer can repeat most of these
+        at will: bad frames, stray responses), the rest at DEBUG and counted in it."""
         if self.on_error is not None:
             self._spawn_handler(self.on_error, exc)
         else:
-            log.warning("%s: %s", self, masking.mask_text(str(exc)))
+            self._warnings.warning(self, masking.mask_text(str(exc)))
 
     # -- closing ----------------------------------------------------------------------
     def close(self, timeout: Optional[float] = None) -> None:
@@ -897,12 +984,16 @@ class Connection:
         log.info("closing link %s", self)
         if timeout is None:
             timeout = self.send_timeout
-        deadline = time.monotonic() + timeout
+        deadline = self._close_deadline = time.monotonic() + timeout
         try:
             if self.on_close is not None:
+                # Its sends wait at most until the deadline (see _send); the timer bounds
+                # whatever else it might wait for.
+                expired = errors.SendTimeout(f"on_close did not finish within close's {timeout:g}s")
                 try:
-                    self.on_close(self)
-                except Exception as exc:
+                    with gevent.Timeout(max(0.0, deadline - time.monotonic()), expired):
+                        self.on_close(self)
+                except Exception as exc:  # our timer's SendTimeout included
                     self._close_error = exc
             self._closer = None
             if self._pending:
@@ -945,21 +1036,35 @@ class Connection:
         log.info("link %s failed: %s", self, masking.mask_text(str(exc)) or type(exc).__name__)
         self._shutdown(exc, failed=True)
 
+    def _nothing_read(self) -> bool:
+        """True while the peer has sent no frame, keep-alive or part of one."""
+        stats = self.stats
+        return not (stats.received or stats.keepalives or self._decoder.buffered)
+
     def _shutdown(self, exc: BaseException, *, failed: bool) -> None:
         """Close the socket, fail whatever is pending, stop the loops, run handlers."""
         if self._state == CLOSED:
             return
         self._state = CLOSED
         self.ready = False
+        taken = self._taken
         if isinstance(exc, ConnectionClosed):
             closed_exc = exc
+        elif isinstance(exc, ssl.SSLError):
+            reason = masking.escape(exc.reason or type(exc).__name__, masking.ESCAPE_LIMIT)
+            closed_exc = ConnectionClosed(f"link failed: TLS error {reason}")
+            if self._nothing_read():
+                # A TLS 1.3 host refuses a client certificate after our half of the
+                # handshake: its alert comes before any answer, and it processed nothing.
+                taken = 0
         else:
             closed_exc = ConnectionClosed(f"link failed: {type(exc).__name__}")
         for pending in list(self._pending.values()):
-            err = ConnectionClosed(str(closed_exc), sent=0 < pending.seq <= self._taken)
+            err = ConnectionClosed(str(closed_exc), sent=0 < pending.seq <= taken)
             err.__cause__ = exc
             pending.resolve(exc=err)
         self._disarm_reaper()
+        self._outbox, self._outbox_bytes = [], 0  # never to be written: nothing kept
         self._idle.set()
         self._drained.set()
         self._wake_writer.set()
@@ -974,6 +1079,7 @@ class Connection:
             if g is not current and not g.dead:
                 g.kill(block=False)
         self._closed_event.set()
+        self._warnings.flush(self)
         if failed and self.on_failed is not None:
             self._spawn_handler(self.on_failed, self, exc)
         if self.on_closed is not None:

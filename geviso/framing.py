@@ -103,9 +103,10 @@ class Framing:
         """The TPDU of a reply: destination and source addresses exchanged."""
         return tpdu[:1] + tpdu[3:5] + tpdu[1:3]
 
-    def decoder(self) -> FrameDecoder:
-        """A new incremental decoder for one link."""
-        return FrameDecoder(self)
+    def decoder(self, *, keep_tpdu: bool = False) -> FrameDecoder:
+        """A new incremental decoder for one link; with ``keep_tpdu`` (and a TPDU
+        framing) each payload still starts with its frame's TPDU."""
+        return FrameDecoder(self, keep_tpdu=keep_tpdu)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} max_length={self.max_length}>"
@@ -120,10 +121,11 @@ class FrameDecoder:
     :meth:`feed` raises it (the stream cannot be resynchronised).
     """
 
-    __slots__ = ("_framing", "_unpack_from", "_buffer", "keepalives", "last_tpdu", "error")
+    __slots__ = ("_framing", "_unpack_from", "_buffer", "_keep_tpdu", "keepalives", "last_tpdu", "error")
 
-    def __init__(self, framing: Framing) -> None:
+    def __init__(self, framing: Framing, *, keep_tpdu: bool = False) -> None:
         self._framing = framing
+        self._keep_tpdu = keep_tpdu
         header = framing.header_struct  # a plain binary length: the one-step split
         self._unpack_from = header.unpack_from if header is not None else None
         self._buffer = bytearray()
@@ -206,6 +208,7 @@ class FrameDecoder:
         max_length = framing.max_length
         adjust = hsize if framing.include_header else 0
         tpdu = framing.tpdu is not None
+        skip = 0 if self._keep_tpdu else TPDU_SIZE
         pos = 0
         while size - pos >= hsize:
             length = length_at(work, pos)
@@ -225,7 +228,7 @@ class FrameDecoder:
                 if length < TPDU_SIZE:
                     raise FramingError("frame shorter than its TPDU")
                 self.last_tpdu = bytes(work[pos + hsize : pos + hsize + TPDU_SIZE])
-                frames.append(bytes(work[pos + hsize + TPDU_SIZE : end]))
+                frames.append(bytes(work[pos + hsize + skip : end]))
             else:
                 frames.append(bytes(work[pos + hsize : end]))
             pos = end

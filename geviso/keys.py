@@ -17,7 +17,9 @@ KeyFunction = Callable[[Mapping[str, str]], Hashable]
 def mti_pair(mti: str) -> str:
     """The MTI with request and response mapped together: 0100 and 0110 give ``010``,
     0420, 0421 and 0430 give ``042``. The origin digit is dropped (0101 is a repeat of 0100)."""
-    return mti[:2] + "02468"[int(mti[2]) >> 1] if len(mti) >= 3 and mti[2].isdigit() else mti[:3]
+    third = mti[2:3]
+    # Not ``isdigit()``: it is true for "²", which ``int()`` refuses.
+    return mti[:2] + "02468"[int(third) >> 1] if third and third in "0123456789" else mti[:3]
 
 
 #: MTI -> the prefix of its keys ("0100" -> "010:"), for the MTIs a process has seen.

@@ -380,7 +380,7 @@ class Links:
         response = dict(doc)  # the codec rebuilds the bitmaps ("p", "1") from the fields
         response["t"] = response_mti(mti)
         response["39"] = "00" if mti[1:2] == "8" else "12"  # we only take network management
-        conn.reply(response)
+        conn.reply(response, to=doc)
 
 
 _links: weakref.WeakKeyDictionary[Environment, dict[str, Links]] = weakref.WeakKeyDictionary()

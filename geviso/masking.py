@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 #: Fields shown with only the first 6 and last 4 characters.
 PAN_FIELDS = frozenset({"2"})
 #: Fields never shown: track 1/2/3 data, PIN block, security data, ICC data, keys.
 SECRET_FIELDS = frozenset({"35", "36", "45", "52", "53", "55", "96", "110", "111"})
 
-#: Text shorter than this cannot hold what the patterns below find (13 PAN digits).
-_SHORTEST_SECRET = 13
 _LONG_DIGITS = re.compile(r"\d{13,19}")
 #: Track 1 (``B`` PAN ``^`` name ``^`` expiry...) and track 2 (PAN ``=`` expiry...) in free text.
 _TRACK = re.compile(r"B?\d{12,19}\^[^^\n]*\^[^\s'\",}\]]*|\d{12,19}[=D]\d*")
@@ -48,21 +46,37 @@ def mask_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def mask_text(text: str) -> str:
-    """Mask anything in free text that looks like a PAN (13 to 19 digits in a row), and
+    """Mask anything in free text that looks like a PAN (13 to 19 digits in a row),
     remove what looks like track data or a PIN block (e.g. a user's exception quoting a
-    message)."""
-    if len(text) < _SHORTEST_SECRET:  # most field values: nothing to look for
-        return text
+    message), and :func:`escape` the rest: the result is one line."""
     text = _TRACK.sub("[track data]", text)
     text = _HEX_SECRET.sub("[redacted]", text)
-    return _LONG_DIGITS.sub(lambda m: mask_pan(m.group(0)), text)
+    return escape(_LONG_DIGITS.sub(lambda m: mask_pan(m.group(0)), text))
+
+
+#: How many characters of one peer-chosen value :func:`escape` shows by default.
+ESCAPE_LIMIT = 64
+
+
+def escape(value: Any, limit: Optional[int] = None) -> str:
+    """``value`` as text that cannot forge a log line or a terminal: newlines, control
+    and other unprintable characters written as Python escapes (``\\n``, ``\\x1b``),
+    cut to ``limit`` characters (with ``...``). For anything a peer or caller chose
+    (an MTI, a STAN, a field name) before it goes into a log line or an error text."""
+    text = value if isinstance(value, str) else str(value)
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():  # the usual case: nothing to escape
+        return text
+    return repr(text)[1:-1]
 
 
 def describe(doc: Mapping[str, Any]) -> str:
-    """A short, safe one-line description: MTI, STAN and the masked PAN if present."""
-    parts = [f"mti={doc.get('t', '?')}"]
+    """A short, safe one-line description: MTI, STAN and the masked PAN if present;
+    every value escaped (they may come from the peer)."""
+    parts = [f"mti={escape(doc.get('t', '?'), ESCAPE_LIMIT)}"]
     if "11" in doc:
-        parts.append(f"stan={doc['11']}")
+        parts.append(f"stan={mask_text(escape(doc['11'], ESCAPE_LIMIT))}")
     if "2" in doc and isinstance(doc["2"], str):
-        parts.append(f"pan={mask_pan(doc['2'])}")
+        parts.append(f"pan={escape(mask_pan(doc['2']), ESCAPE_LIMIT)}")
     return " ".join(parts)

@@ -12,7 +12,6 @@ import logging
 import socket as _stdlib_socket
 import ssl
 import time
-from collections.abc import Iterable
 from typing import Any, Optional
 
 import gevent
@@ -26,6 +25,7 @@ from .connection import Address, Connection, Handler, close_quietly, parse_addre
 from .errors import ConfigurationError, ConnectFailed, GevisoError, TooManyConnections
 from .framing import Framing, binary
 from .metrics import LinkStats, Totals
+from .ratelog import SummaryLog
 from .tls import wrap as tls_wrap
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ def _peer(address: Any) -> str:
 class Server(gevent.server.StreamServer):  # type: ignore[misc]
     """Accepts ISO 8583 links; each one is a server-side :class:`Connection`.
 
-    ``on_inbound(conn, doc)`` answers the client's requests with ``conn.reply(...)``.
+    ``on_inbound(conn, doc)`` answers the client's requests with
+    ``conn.reply(answer, to=doc)`` (the answer carries the request's own TPDU).
     Every other keyword goes to each link's :class:`Connection` (``send_timeout``,
     ``key``, ``on_closed``, ``on_error``...). ``on_error(exc)`` also hears what no link
     can report: a refused socket (over ``max_connections``) or a failed TLS handshake.
@@ -82,6 +83,7 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         self.reuse_port = reuse_port
         #: Stats of every link this server ever accepted, summed (see :meth:`link_stats`).
         self.totals = Totals()
+        self._warnings = SummaryLog(log)
         #: Sockets accepted, and sockets refused over ``max_connections``.
         self.accepted = 0
         self.refused = 0
@@ -109,12 +111,10 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         """The :class:`~geviso.metrics.LinkStats` of every link ever accepted, summed."""
         return self.totals.stats()
 
-    def send_all(
-        self, doc: dict[str, str], *, timeout: Optional[float] = None, links: Optional[Iterable[Connection]] = None
-    ) -> dict[Connection, Any]:
-        """Send ``doc`` to every connected client (or to ``links``) at once; each link
-        maps to its response or the error it raised."""
-        links = list(self.connections if links is None else links)
+    def send_all(self, doc: dict[str, str], *, timeout: Optional[float] = None) -> dict[Connection, Any]:
+        """Send ``doc`` to every connected client at once; each link maps to its
+        response or the error it raised."""
+        links = list(self.connections)
         jobs = [gevent.spawn(_send_or_error, conn, doc, timeout) for conn in links]
         gevent.joinall(jobs)
         return {conn: (job.value if job.successful() else job.exception) for conn, job in zip(links, jobs)}
@@ -175,11 +175,7 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         self._links[conn] = time.monotonic()
         self._no_links.clear()
         self.totals.track(conn)
-        self._link_opened(conn, peer)
         log.debug("link from %s open", peer)
-
-    def _link_opened(self, conn: Connection, peer: str) -> None:
-        """Hook: a link from ``peer`` opened (MockHost numbers its links)."""
 
     def do_close(self, sock: Any, *args: Any) -> None:
         """The accepted socket lives on in its Connection: do not close it here."""
@@ -187,7 +183,6 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
     # -- links ----------------------------------------------------------------------------
     def _link_closed(self, conn: Connection) -> None:
         opened = self._links.pop(conn, None)
-        self._link_gone(conn)
         if not self._links:
             self._no_links.set()
         s = conn.stats
@@ -205,13 +200,10 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         if self.on_closed is not None:
             self.on_closed(conn)
 
-    def _link_gone(self, conn: Connection) -> None:
-        """Hook: a link closed."""
-
     def _report(self, exc: BaseException) -> None:
         """Hand an error no caller can receive to ``on_error``, or log it."""
-        if self.on_error is None:
-            log.warning("%s: %s", self, masking.mask_text(str(exc)))
+        if self.on_error is None:  # a client can repeat these at will: rate-limited
+            self._warnings.warning(self, masking.mask_text(str(exc)))
             return
         try:
             self.on_error(exc)

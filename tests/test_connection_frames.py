@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 import gevent
+import gevent.socket
 import iso8583
+import iso8583.specs
 import pytest
 from conftest import EchoHost, wait_until
 
@@ -171,3 +173,89 @@ def test_frames_before_a_bad_header_in_one_chunk_are_still_delivered(raw_peer, l
     assert conn.send(ECHO)["t"] == "0810"
     assert wait_until(lambda: conn.state == "closed")
     assert isinstance(conn.failure, geviso.FramingError)
+
+
+def test_each_reply_carries_the_tpdu_of_the_request_it_answers(raw_peer, links):
+    """Two terminals' requests with different TPDUs in one segment, answered in reverse
+    order and late: each answer goes back with its own request's TPDU, swapped."""
+    tpdus = [b"\x60\x00\x11\x00\x01", b"\x60\x00\x22\x00\x01"]
+    fr = framing.binary(2, tpdu=b"\x60\x00\x01\x00\x00")
+    codec = geviso.codec.codec_for(iso8583.specs.default)
+    received = []
+
+    def handle(sock):
+        sock.sendall(_two_terminals_one_segment(fr, codec, tpdus))
+        decoder = fr.decoder(keep_tpdu=True)
+        while len(received) < 2:
+            data = sock.recv(65536)
+            if not data:
+                return
+            received.extend(decoder.feed(data))
+        gevent.sleep(10)
+
+    held = []
+    peer = raw_peer(handle)
+    links(peer.address, framing=fr, on_inbound=lambda c, d: held.append((c, d)))
+    assert wait_until(lambda: len(held) == 2)
+    assert [d.tpdu for _, d in held] == tpdus  # each message carries its own TPDU
+    gevent.sleep(0.05)
+    for conn, doc in reversed(held):  # out of order, after both arrived
+        conn.reply({"t": "0210", "11": doc["11"], "41": doc["41"], "39": "00"}, to=doc)
+    assert wait_until(lambda: len(received) == 2)
+    by_terminal = {codec.decode(r[5:])["41"]: r[:5] for r in received}
+    assert by_terminal == {"TERM000%d" % i: framing.Framing.swap_tpdu(t) for i, t in enumerate(tpdus)}
+
+
+def _two_terminals_one_segment(fr, codec, tpdus):
+    return b"".join(
+        fr.encode(codec.encode({"t": "0200", "11": "%06d" % (i + 1), "41": "TERM000%d" % i}), tpdu=tpdu)
+        for i, tpdu in enumerate(tpdus)
+    )
+
+
+def test_the_mock_host_answers_each_terminal_with_its_own_tpdu():
+    """One link, two terminals' requests in one segment; the first one's answer is
+    delayed past the second's: each still carries its own request's TPDU."""
+    fr = framing.binary(2, tpdu=b"\x60\x00\x00\x00\x00")
+    codec = geviso.codec.codec_for(iso8583.specs.default)
+    tpdus = [b"\x60\x00\x11\x00\x01", b"\x60\x00\x22\x00\x01"]
+    rules = [{"match": {"fields": {"41": "TERM0000"}}, "delay_ms": 100}]
+    host = geviso.MockHost(("127.0.0.1", 0), framing=fr, rules=rules)
+    host.start()
+    try:
+        with gevent.Timeout(10):
+            sock = gevent.socket.create_connection(host.address)
+            sock.sendall(_two_terminals_one_segment(fr, codec, tpdus))
+            decoder, answers = fr.decoder(keep_tpdu=True), []
+            while len(answers) < 2:
+                answers.extend(decoder.feed(sock.recv(65536)))
+            sock.close()
+    finally:
+        host.stop(timeout=2)
+    by_terminal = {codec.decode(a[5:])["41"]: a[:5] for a in answers}
+    assert codec.decode(answers[0][5:])["41"] == "TERM0001"  # the delayed one came second
+    assert by_terminal == {"TERM000%d" % i: framing.Framing.swap_tpdu(t) for i, t in enumerate(tpdus)}
+
+
+def test_a_flood_of_bad_frames_gives_a_counted_summary_not_a_log_line_each(raw_peer, links, caplog):
+    """Undecodable frames and stray responses whose STAN forges a log line: counted in
+    stats, at most one WARNING line for the lot, and no peer value unescaped."""
+    codec = geviso.codec.codec_for(iso8583.specs.default)
+    stray = framing.binary(2).encode(codec.encode({"t": "0110", "11": "\nFAKE:", "39": "00"}))
+    bad = framing.binary(2).encode(UNDECODABLE)
+
+    def handle(sock):
+        sock.sendall((stray + bad) * 1000)
+        gevent.sleep(10)
+
+    peer = raw_peer(handle)
+    with caplog.at_level(logging.INFO, logger="geviso"):
+        conn = links(peer.address)
+        assert wait_until(lambda: conn.stats.errors == 1000 and conn.stats.unmatched == 1000, timeout=20)
+        conn.close()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 1 <= len(warnings) <= 3, [r.getMessage() for r in warnings]
+    assert any("1999" in r.getMessage() or "more errors" in r.getMessage() for r in warnings)
+    for record in caplog.records:
+        assert "\n" not in record.getMessage()
+    assert PAN not in caplog.text
