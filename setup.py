@@ -25,6 +25,7 @@ setup(
     packages=find_packages(include=["geviso", "geviso.*"]),
     # Every file under geviso/ (py.typed, templates, examples of rules...) ships: see MANIFEST.in.
     include_package_data=True,
+    package_data={"geviso.admin_static": ["*.html", "*.css", "*.js"]},  # the admin live page
     install_requires=["gevent>=23.9", "pyiso8583>=3.0"],
     extras_require={
         "test": [
@@ -40,6 +41,7 @@ setup(
             "pyyaml>=6",
             "types-PyYAML",
             "nox>=2024.3",
+            "selenium>=4.10",
         ],
         "load": ["locust>=2.20"],
         "prometheus": ["prometheus-client>=0.17"],

@@ -4,6 +4,8 @@
 (so ``--port 0`` can be read back), logs one line per link to stderr, and on SIGINT or
 SIGTERM stops gracefully, prints ``geviso mock-host stats: received=... codes=...`` and
 exits 0. ``--workers N`` runs N processes sharing the port through ``SO_REUSEPORT``.
+``--admin HOST:PORT`` serves the admin API and live page (:mod:`geviso.admin`) and
+prints ``geviso mock-host admin on http://HOST:PORT``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .server import bind_reuse_port
 PROG = "geviso"
 LISTENING = "geviso mock-host listening on"
 STATS = "geviso mock-host stats:"
+ADMIN = "geviso mock-host admin on"
 #: Seconds ``mock-host`` gives its links to close after a signal.
 STOP_TIMEOUT = 5.0
 
@@ -57,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--seed", type=int, help="seed for random delays (repeatable runs)")
     mock.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     mock.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING... (default INFO)")
+    mock.add_argument("--admin", metavar="HOST:PORT", help="serve the admin API and live page there (default: off)")
+    mock.add_argument("--admin-token", help="token the admin API requires (needed off loopback)")
+    mock.add_argument("--journal-size", type=int, default=1000, help="requests the journal keeps (default 1000)")
     mock.set_defaults(func=mock_host)
     if importlib.util.find_spec("geviso.bench") is not None:
         commands.add_parser("bench", help="measure throughput and latency (geviso bench --help)", add_help=False)
@@ -113,6 +119,16 @@ def _host_options(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigurationError("--max-connections must be at least 1")
     if len(args.response_code) != 2:
         raise ConfigurationError("--response-code is two characters, e.g. 00")
+    if args.journal_size < 0:
+        raise ConfigurationError("--journal-size must be 0 or more")
+    if args.admin_token is not None and args.admin is None:
+        raise ConfigurationError("--admin-token needs --admin")
+    if args.admin is not None:
+        from .admin import check_exposure
+
+        if args.workers > 1:
+            raise ConfigurationError("--admin serves one process; use it with --workers 1")
+        check_exposure(args.admin, args.admin_token)
     context = None
     if args.tls_cert:
         try:
@@ -128,6 +144,7 @@ def _host_options(args: argparse.Namespace) -> dict[str, Any]:
         "response_code": args.response_code,
         "echo_interval": args.echo_interval,
         "seed": args.seed,
+        "journal_size": args.journal_size,
     }
 
 
@@ -146,8 +163,24 @@ def mock_host(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{PROG} mock-host: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    admin = None
+    if args.admin is not None:
+        from .admin import AdminServer
+
+        try:
+            admin = AdminServer(host, args.admin, token=args.admin_token).start()
+        except OSError as exc:
+            host.stop(timeout=0)
+            print(f"{PROG} mock-host: error: cannot listen on {args.admin} (admin): {exc}", file=sys.stderr)
+            return 1
     _announce(host.server_host, host.server_port, options)
-    _serve_until_signal(host)
+    if admin is not None:
+        print(f"{ADMIN} {admin.url}", flush=True)
+    try:
+        _serve_until_signal(host)
+    finally:
+        if admin is not None:
+            admin.stop()
     print(f"{STATS} {host.stats.summary()}", flush=True)
     return 0
 

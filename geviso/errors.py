@@ -102,6 +102,19 @@ class DecodeError(SafeError, RemoteProtocolError):
     """An incoming frame could not be decoded; reading goes on."""
 
 
+class NotFound(GevisoError, LookupError):
+    """No rule, link or scenario by that name or position (on a mock host)."""
+
+
+class AdminError(GevisoError):
+    """A mock host's admin API refused a request; ``status`` is its HTTP status (400 bad
+    input, 401 no token, 404 no such rule or link...) and the text its one-line reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
 class PoolError(GevisoError):
     """Base of the pool errors."""
 
@@ -123,6 +136,7 @@ class ConnectErrors(PoolError):
 
 
 __all__ = [
+    "AdminError",
     "ConfigurationError",
     "ConnectErrors",
     "ConnectFailed",
@@ -137,6 +151,7 @@ __all__ = [
     "LocalProtocolError",
     "NoConnections",
     "NotConnected",
+    "NotFound",
     "PoolClosed",
     "PoolError",
     "ProtocolError",

@@ -6,6 +6,9 @@ with field 39 = 00 (codes configurable per field-70 value). Every other request
 echoed (2, 3, 4, 7, 11, 12, 13, 37, 38, 41, 42, 49, 70 when present), field 39, and a
 field 38 approval code on approved authorizations and financials. :mod:`geviso.rules`
 change that per request: another code, a delay, no answer, a closed link, a late answer.
+Every request goes into a bounded, masked :mod:`~geviso.journal`; the operations of
+:mod:`~geviso.mockcontrol` (rules, journal, scenarios, links, stats) steer and read a
+running host, and :mod:`geviso.admin` serves them over HTTP.
 
 It is the target of the benchmarks, so an immediate answer is built and queued in the
 handler itself: a dict comprehension, one encode, no sleep and no extra greenlet.
@@ -13,6 +16,7 @@ handler itself: a dict comprehension, one encode, no sleep and no extra greenlet
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -26,11 +30,16 @@ from iso8583.specs import default as default_spec
 
 from . import masking
 from . import rules as rules_mod
+from .adminclient import AdminClient
 from .codec import Spec, is_response, response_mti, transmission_datetime
 from .connection import Address, Connection, close_quietly
 from .errors import ConfigurationError, ConnectionClosed, GevisoError
+from .journal import CLOSED, DEFAULT_SIZE, DROPPED, FAILED, LOST, Entry, Journal
 from .keepalive import ECHO
+from .mockcontrol import MockControl
+from .nearmiss import Explainer
 from .rules import CLOSE, DROP, LATE, Rule, RuleSet
+from .scenarios import Scenarios
 from .server import Server
 from .stan import StanGenerator
 
@@ -146,7 +155,7 @@ class MockStats:
         return f"<MockStats {self.summary()}>"
 
 
-class MockHost(Server):
+class MockHost(MockControl, Server):
     """A card host answering by rules; see the module docstring.
 
     ``rules`` is a :class:`~geviso.rules.RuleSet`, a list of rule dicts, or the path of a
@@ -155,7 +164,8 @@ class MockHost(Server):
     ``network_codes`` maps field 70 values to field 39 (unknown ones get
     ``response_code``). With ``echo_interval`` the host sends 0800/301 to every client
     that often, each waiting ``echo_timeout`` for the 0810. ``seed`` makes random delays
-    repeatable. Other keywords go to :class:`~geviso.Server`.
+    repeatable. The journal keeps the newest ``journal_size`` requests (0: none). Other
+    keywords go to :class:`~geviso.Server`.
     """
 
     def __init__(
@@ -171,6 +181,7 @@ class MockHost(Server):
         echo_interval: Optional[float] = None,
         echo_timeout: float = 5.0,
         seed: Optional[int] = None,
+        journal_size: int = DEFAULT_SIZE,
         **server_options: Any,
     ) -> None:
         if "on_inbound" in server_options:
@@ -178,6 +189,11 @@ class MockHost(Server):
         if echo_interval is not None and echo_interval <= 0:
             raise ConfigurationError("echo_interval must be positive seconds")
         self.rules = rules  # the setter compiles any source
+        self._startup_rules = self._rule_set.specs()  # what reset_rules() goes back to
+        self.journal: Optional[Journal] = Journal(journal_size) if journal_size else None
+        self.scenarios = Scenarios()
+        self._link_ids: dict[Connection, tuple[int, str, float]] = {}  # link -> (id, peer, opened)
+        self._link_numbers = itertools.count(1)
         spec = spec if spec is not None else default_spec
         server_options.setdefault("inline_inbound", True)  # _answer never blocks
         super().__init__(address, spec, on_inbound=self._answer, **server_options)
@@ -211,28 +227,43 @@ class MockHost(Server):
             return
         self.stats.received += 1
         rule_set = self._rule_set
+        journal = self.journal
+        entry = None
+        if journal is not None:
+            link = self._link_ids.get(conn)
+            entry = journal.record(doc, link=link[0], peer=link[1]) if link else journal.record(doc)
         if rule_set.rules:  # nothing to check per request when there are no rules
-            rule = rule_set.match(doc)
+            rule = rule_set.match(doc, self.scenarios.states)
             if rule is not None:
-                self._apply(conn, doc, rule)
+                rule.hits += 1
+                self.scenarios.fired(rule)
+                if entry is not None:
+                    entry.decided_by(rule)
+                self._apply(conn, doc, rule, entry)
                 return
-        self._respond(conn, doc, None, None)
+            if entry is not None:
+                entry.near_misses = self.explain(doc)
+        self._respond(conn, doc, None, None, entry=entry)
 
-    def _apply(self, conn: Connection, doc: dict[str, str], rule: Rule) -> None:
+    def _apply(self, conn: Connection, doc: dict[str, str], rule: Rule, entry: Optional[Entry] = None) -> None:
         action = rule.action
         if action == DROP:
             self.stats.dropped += 1
+            if entry is not None:
+                entry.ended(DROPPED)
             return
         delay = rule.delay_seconds(self._random)
         if action == CLOSE:
             self.stats.closed += 1
+            if entry is not None:
+                entry.ended(CLOSED)
             self._delayed.add(gevent.spawn_later(delay, close_quietly, conn, 1.0))
         elif action == LATE:
-            self._late.add(gevent.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, True))
+            self._late.add(gevent.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, True, entry))
         elif delay > 0:
-            self._delayed.add(gevent.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields))
+            self._delayed.add(gevent.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, False, entry))
         else:
-            self._respond(conn, doc, rule.code, rule.fields)
+            self._respond(conn, doc, rule.code, rule.fields, entry=entry)
 
     def _respond(
         self,
@@ -241,8 +272,9 @@ class MockHost(Server):
         code: Optional[str],
         extra: Optional[dict[str, str]],
         late: bool = False,
+        entry: Optional[Entry] = None,
     ) -> None:
-        """Build the answer to ``doc`` and queue it on ``conn``."""
+        """Build the answer to ``doc``, queue it on ``conn`` and note it in ``entry``."""
         stats = self.stats
         mti = doc.get("t", "")
         try:
@@ -250,6 +282,8 @@ class MockHost(Server):
         except ValueError:
             stats.errors += 1  # counted, not logged per message: the client chose it
             log.debug("%s: cannot answer mti=%s: not four digits", self, masking.escape(mti, masking.ESCAPE_LIMIT))
+            if entry is not None:
+                entry.ended(FAILED)
             return
         echo = self.echo_fields
         answer = {k: v for k, v in doc.items() if k in echo}
@@ -267,11 +301,17 @@ class MockHost(Server):
             conn.reply(answer, to=doc)
         except ConnectionClosed:
             stats.lost += 1
+            if entry is not None:
+                entry.ended(LOST)
             return
         except GevisoError as exc:  # EncodeError: a rule set a field the spec refuses
             stats.errors += 1
+            if entry is not None:
+                entry.ended(FAILED)
             self._report(exc)
             return
+        if entry is not None:
+            entry.answered(answer)
         stats.responded += 1
         codes = stats.codes
         codes[code] = codes.get(code, 0) + 1
@@ -329,9 +369,26 @@ class MockHost(Server):
     @rules.setter
     def rules(self, source: RulesSource) -> None:
         self._rule_set = _rule_set(source)
+        self._explainer: Optional[Explainer] = None
+
+    # -- links' numbers -------------------------------------------------------------------
+    def _link_opened(self, conn: Connection, peer: str) -> None:
+        self._link_ids[conn] = (next(self._link_numbers), peer, time.monotonic())
+
+    def _link_gone(self, conn: Connection) -> None:
+        self._link_ids.pop(conn, None)
 
     def __repr__(self) -> str:
         return f"<geviso.MockHost {self.address} links={len(self.connections)} rules={len(self.rules)}>"
 
 
-__all__ = ["APPROVAL_CODES", "ECHO_FIELDS", "NETWORK_CODES", "MockHost", "MockStats", "load_rules", "summary_line"]
+__all__ = [
+    "APPROVAL_CODES",
+    "AdminClient",
+    "ECHO_FIELDS",
+    "NETWORK_CODES",
+    "MockHost",
+    "MockStats",
+    "load_rules",
+    "summary_line",
+]

@@ -12,7 +12,11 @@ A rules document is a list of rules (or ``{"rules": [...]}``); the first rule wh
      "action": "respond",                     # respond (default), drop, close, late
      "code": "51",                            # field 39 of the answer
      "delay_ms": [50, 150],                   # fixed ms, or a random range
-     "fields": {"44": "X"}}                   # set in the answer
+     "fields": {"44": "X"},                   # set in the answer
+     "scenario": "auth flow",                 # only in this scenario's state...
+     "state": "Started",                      # ...this one (every scenario starts in Started)
+     "new_state": "declined once",            # and move the scenario there when it fires
+     "enabled": true}                         # false: kept in the list, never matches
 
 ``drop`` never answers; ``close`` closes the link (after ``delay_ms`` if given);
 ``late`` answers after ``delay_ms`` (default :data:`DEFAULT_LATE_MS`, longer than a
@@ -23,6 +27,7 @@ the rule and the key.
 
 from __future__ import annotations
 
+import copy
 import json
 import random as _random
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,7 +41,11 @@ ACTIONS = (RESPOND, DROP, CLOSE, LATE)
 #: default send timeout of a :class:`~geviso.Connection`.
 DEFAULT_LATE_MS = 35_000
 
-RULE_KEYS = frozenset({"name", "match", "action", "code", "delay_ms", "fields"})
+RULE_KEYS = frozenset(
+    {"name", "match", "action", "code", "delay_ms", "fields", "scenario", "state", "new_state", "enabled"}
+)
+#: The state every scenario is in until a rule moves it (as in WireMock).
+STARTED = "Started"
 MATCH_KEYS = frozenset({"mti", "pan_prefix", "amount_above", "amount_below", "fields"})
 
 Doc = Mapping[str, str]
@@ -46,7 +55,21 @@ Predicate = Callable[[Doc], bool]
 class Rule:
     """One compiled rule: its conditions and what to do when they all hold."""
 
-    __slots__ = ("index", "name", "action", "code", "delay", "fields", "_tests")
+    __slots__ = (
+        "index",
+        "name",
+        "action",
+        "code",
+        "delay",
+        "fields",
+        "_tests",
+        "spec",
+        "scenario",
+        "state",
+        "new_state",
+        "enabled",
+        "hits",
+    )
 
     def __init__(
         self,
@@ -58,6 +81,11 @@ class Rule:
         delay: Optional[tuple[float, float]] = None,
         fields: Optional[Mapping[str, str]] = None,
         tests: Sequence[Predicate] = (),
+        spec: Optional[Mapping[str, Any]] = None,
+        scenario: Optional[str] = None,
+        state: Optional[str] = None,
+        new_state: Optional[str] = None,
+        enabled: bool = True,
     ) -> None:
         self.index = index
         self.name = name
@@ -69,6 +97,17 @@ class Rule:
         #: Fields set in the answer (None when there are none).
         self.fields = dict(fields) if fields else None
         self._tests = tuple(tests)
+        #: The rule as written (plain data), for listing and editing rules.
+        self.spec: dict[str, Any] = dict(spec) if spec is not None else {}
+        #: The scenario the rule belongs to, the state it needs (None: any) and the
+        #: state it moves the scenario to when it fires (None: no move).
+        self.scenario = scenario
+        self.state = state
+        self.new_state = new_state
+        #: A disabled rule stays in the list and never matches.
+        self.enabled = enabled
+        #: Requests this rule decided (counted by the host).
+        self.hits = 0
 
     def matches(self, doc: Doc) -> bool:
         """True when every condition of the rule holds for ``doc``."""
@@ -93,17 +132,25 @@ class Rule:
 class RuleSet:
     """Rules in order; :meth:`match` returns the first that fits a request."""
 
-    __slots__ = ("rules",)
+    __slots__ = ("rules", "_enabled")
 
     def __init__(self, rules: Sequence[Rule] = ()) -> None:
         self.rules = tuple(rules)
+        self._enabled = tuple(rule for rule in self.rules if rule.enabled)
 
-    def match(self, doc: Doc) -> Optional[Rule]:
-        """The first rule matching ``doc``, or None: answer as usual."""
-        for rule in self.rules:
+    def match(self, doc: Doc, states: Optional[Mapping[str, str]] = None) -> Optional[Rule]:
+        """The first enabled rule matching ``doc`` whose scenario (if any) is in the state it
+        needs (``states``: scenario -> state, missing ones :data:`STARTED`), or None."""
+        for rule in self._enabled:
+            if rule.state is not None and (states or {}).get(rule.scenario or "", STARTED) != rule.state:
+                continue
             if rule.matches(doc):
                 return rule
         return None
+
+    def specs(self) -> list[dict[str, Any]]:
+        """The rules as written, in order: a rules document that compiles to this set."""
+        return [dict(rule.spec) for rule in self.rules]
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -274,7 +321,38 @@ def compile_rule(spec: Any, index: int = 0, *, source: str = "") -> Rule:
         delay = _delay(spec["delay_ms"], where)
     elif action == LATE:
         delay = (DEFAULT_LATE_MS / 1000.0, DEFAULT_LATE_MS / 1000.0)
-    return Rule(index=index, name=name, action=action, code=code, delay=delay, fields=fields, tests=tests)
+    scenario = _optional_text(spec, "scenario", where)
+    state = _optional_text(spec, "state", where)
+    new_state = _optional_text(spec, "new_state", where)
+    if (state is not None or new_state is not None) and scenario is None:
+        raise where.error("state" if state is not None else "new_state", "a state needs a 'scenario'")
+    enabled = spec.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise where.error("enabled", "expected true or false")
+    return Rule(
+        index=index,
+        name=name,
+        action=action,
+        code=code,
+        delay=delay,
+        fields=fields,
+        tests=tests,
+        spec=copy.deepcopy(dict(spec)),
+        scenario=scenario,
+        state=state,
+        new_state=new_state,
+        enabled=enabled,
+    )
+
+
+def _optional_text(spec: Mapping[str, Any], key: str, where: _Where) -> Optional[str]:
+    """A non-empty string under ``key``, or None when the key is absent."""
+    if key not in spec:
+        return None
+    value = spec[key]
+    if not isinstance(value, str) or not value.strip():
+        raise where.error(key, "expected a non-empty string")
+    return value
 
 
 def parse(data: Any, *, source: str = "") -> RuleSet:
@@ -327,6 +405,7 @@ __all__ = [
     "DROP",
     "LATE",
     "RESPOND",
+    "STARTED",
     "Rule",
     "RuleSet",
     "compile_rule",

@@ -12,6 +12,7 @@ import logging
 import socket as _stdlib_socket
 import ssl
 import time
+from collections.abc import Iterable
 from typing import Any, Optional
 
 import gevent
@@ -111,10 +112,12 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         """The :class:`~geviso.metrics.LinkStats` of every link ever accepted, summed."""
         return self.totals.stats()
 
-    def send_all(self, doc: dict[str, str], *, timeout: Optional[float] = None) -> dict[Connection, Any]:
-        """Send ``doc`` to every connected client at once; each link maps to its
-        response or the error it raised."""
-        links = list(self.connections)
+    def send_all(
+        self, doc: dict[str, str], *, timeout: Optional[float] = None, links: Optional[Iterable[Connection]] = None
+    ) -> dict[Connection, Any]:
+        """Send ``doc`` to every connected client (or to ``links``) at once; each link
+        maps to its response or the error it raised."""
+        links = list(self.connections if links is None else links)
         jobs = [gevent.spawn(_send_or_error, conn, doc, timeout) for conn in links]
         gevent.joinall(jobs)
         return {conn: (job.value if job.successful() else job.exception) for conn, job in zip(links, jobs)}
@@ -175,7 +178,11 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         self._links[conn] = time.monotonic()
         self._no_links.clear()
         self.totals.track(conn)
+        self._link_opened(conn, peer)
         log.debug("link from %s open", peer)
+
+    def _link_opened(self, conn: Connection, peer: str) -> None:
+        """Hook: a link from ``peer`` opened (MockHost numbers its links)."""
 
     def do_close(self, sock: Any, *args: Any) -> None:
         """The accepted socket lives on in its Connection: do not close it here."""
@@ -183,6 +190,7 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
     # -- links ----------------------------------------------------------------------------
     def _link_closed(self, conn: Connection) -> None:
         opened = self._links.pop(conn, None)
+        self._link_gone(conn)
         if not self._links:
             self._no_links.set()
         s = conn.stats
@@ -199,6 +207,9 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         )
         if self.on_closed is not None:
             self.on_closed(conn)
+
+    def _link_gone(self, conn: Connection) -> None:
+        """Hook: a link closed."""
 
     def _report(self, exc: BaseException) -> None:
         """Hand an error no caller can receive to ``on_error``, or log it."""
