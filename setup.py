@@ -42,11 +42,13 @@ setup(
             "types-PyYAML",
             "nox>=2024.3",
             "selenium>=4.10",
+            "psycopg[binary]>=3.1.14",
         ],
         "load": ["locust>=2.20"],
         "prometheus": ["prometheus-client>=0.17"],
         "yaml": ["pyyaml>=6"],
         "docs": DOCS,
+        "postgres": ["psycopg[binary]>=3.1.14"],
     },
     entry_points={"console_scripts": ["geviso=geviso.cli:main"]},
     classifiers=[

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from . import codec, errors, framing, keepalive, keys, masking, metrics, stan, tls, tracing
+from . import codec, errors, framing, keepalive, keys, masking, metrics, saf, stan, tls, tracing
 from .connection import Connection
 from .errors import (
     ConfigurationError,
@@ -26,9 +26,12 @@ from .errors import (
     Rejected,
     SafeError,
     SendTimeout,
+    StoreError,
+    StoreRefused,
 )
 from .mockhost import MockHost
 from .pool import Pool
+from .saf import StoreAndForward
 from .server import Server
 from .stan import StanGenerator
 
@@ -57,6 +60,9 @@ __all__ = [
     "SendTimeout",
     "Server",
     "StanGenerator",
+    "StoreAndForward",
+    "StoreError",
+    "StoreRefused",
     "codec",
     "errors",
     "framing",
@@ -64,6 +70,7 @@ __all__ = [
     "keys",
     "masking",
     "metrics",
+    "saf",
     "stan",
     "tls",
     "tracing",

@@ -135,6 +135,16 @@ class ConnectErrors(PoolError):
         super().__init__(f"{message}: " + "; ".join(type(e).__name__ + ": " + str(e) for e in errors))
 
 
+class StoreError(GevisoError):
+    """A store and forward store failed (disk full, database down...): what was being
+    done did not happen (a ``put`` that raises stored nothing)."""
+
+
+class StoreRefused(StoreError, ConfigurationError):
+    """A store cannot be opened as it is (not a store, damaged, or of a newer schema);
+    it is left untouched."""
+
+
 __all__ = [
     "AdminError",
     "ConfigurationError",
@@ -159,5 +169,7 @@ __all__ = [
     "RemoteProtocolError",
     "SafeError",
     "SendTimeout",
+    "StoreError",
+    "StoreRefused",
     "TooManyConnections",
 ]

@@ -21,7 +21,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Optional, Union
 
 import gevent
@@ -36,6 +37,7 @@ from .connection import Address, Connection, close_quietly
 from .errors import ConfigurationError, ConnectionClosed, GevisoError
 from .journal import CLOSED, DEFAULT_SIZE, DROPPED, FAILED, LOST, Entry, Journal
 from .keepalive import ECHO
+from .keys import mti_pair
 from .mockcontrol import MockControl
 from .nearmiss import Explainer
 from .rules import CLOSE, DROP, LATE, Rule, RuleSet
@@ -51,6 +53,9 @@ ECHO_FIELDS = ("2", "3", "4", "7", "11", "12", "13", "37", "38", "41", "42", "49
 APPROVAL_CODES = frozenset({"00", "08", "10", "11", "16"})
 #: Field 70 network management codes and the field 39 each gets.
 NETWORK_CODES = {"001": "00", "002": "00", "301": "00"}
+
+#: Messages whose attempts a ``drop_first`` rule counts, at most (the oldest forgotten).
+ATTEMPTS_KEPT = 100_000
 
 RulesSource = Union[None, RuleSet, Iterable[Mapping[str, Any]], str, "os.PathLike[str]"]
 
@@ -213,6 +218,7 @@ class MockHost(MockControl, Server):
         self._late = gevent.pool.Group()  # late answers (never waited for on stop)
         self._echo_loop: Optional[gevent.Greenlet] = None
         self._echoing: set[Connection] = set()
+        self._attempts: OrderedDict[Hashable, int] = OrderedDict()  # for drop_first rules
 
     @property
     def pending(self) -> int:
@@ -247,6 +253,8 @@ class MockHost(MockControl, Server):
 
     def _apply(self, conn: Connection, doc: dict[str, str], rule: Rule, entry: Optional[Entry] = None) -> None:
         action = rule.action
+        if rule.drop_first and self._count_attempt(doc) <= rule.drop_first:
+            action = DROP
         if action == DROP:
             self.stats.dropped += 1
             if entry is not None:
@@ -264,6 +272,17 @@ class MockHost(MockControl, Server):
             self._delayed.add(gevent.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, False, entry))
         else:
             self._respond(conn, doc, rule.code, rule.fields, entry=entry)
+
+    def _count_attempt(self, doc: Mapping[str, str]) -> int:
+        """How many times this message (MTI class, STAN, terminal) came, this one included:
+        a repeat (0401) counts with its original (0400)."""
+        key = (mti_pair(doc.get("t", "")), doc.get("11"), doc.get("41"))
+        attempts = self._attempts
+        seen = attempts.pop(key, 0) + 1
+        attempts[key] = seen
+        if len(attempts) > ATTEMPTS_KEPT:
+            attempts.popitem(last=False)
+        return seen
 
     def _respond(
         self,

@@ -16,11 +16,14 @@ A rules document is a list of rules (or ``{"rules": [...]}``); the first rule wh
      "scenario": "auth flow",                 # only in this scenario's state...
      "state": "Started",                      # ...this one (every scenario starts in Started)
      "new_state": "declined once",            # and move the scenario there when it fires
-     "enabled": true}                         # false: kept in the list, never matches
+     "enabled": true,                         # false: kept in the list, never matches
+     "drop_first": 2}                         # leave a message's first 2 attempts unanswered
 
 ``drop`` never answers; ``close`` closes the link (after ``delay_ms`` if given);
 ``late`` answers after ``delay_ms`` (default :data:`DEFAULT_LATE_MS`, longer than a
-client's default send timeout). Rules are checked and compiled once, so matching a
+client's default send timeout). ``drop_first`` leaves the first N attempts of each
+message (its repeats included: same MTI class, STAN and terminal) unanswered, so a
+sender's retransmissions can be shown. Rules are checked and compiled once, so matching a
 request costs a few comparisons; a bad rule is a :class:`ConfigurationError` naming
 the rule and the key.
 """
@@ -42,7 +45,7 @@ ACTIONS = (RESPOND, DROP, CLOSE, LATE)
 DEFAULT_LATE_MS = 35_000
 
 RULE_KEYS = frozenset(
-    {"name", "match", "action", "code", "delay_ms", "fields", "scenario", "state", "new_state", "enabled"}
+    {"name", "match", "action", "code", "delay_ms", "fields", "scenario", "state", "new_state", "enabled", "drop_first"}
 )
 #: The state every scenario is in until a rule moves it (as in WireMock).
 STARTED = "Started"
@@ -69,6 +72,7 @@ class Rule:
         "new_state",
         "enabled",
         "hits",
+        "drop_first",
     )
 
     def __init__(
@@ -86,6 +90,7 @@ class Rule:
         state: Optional[str] = None,
         new_state: Optional[str] = None,
         enabled: bool = True,
+        drop_first: int = 0,
     ) -> None:
         self.index = index
         self.name = name
@@ -96,6 +101,8 @@ class Rule:
         self.delay = delay
         #: Fields set in the answer (None when there are none).
         self.fields = dict(fields) if fields else None
+        #: Attempts of each message left unanswered before the rule acts (0: none).
+        self.drop_first = drop_first
         self._tests = tuple(tests)
         #: The rule as written (plain data), for listing and editing rules.
         self.spec: dict[str, Any] = dict(spec) if spec is not None else {}
@@ -326,6 +333,14 @@ def compile_rule(spec: Any, index: int = 0, *, source: str = "") -> Rule:
     new_state = _optional_text(spec, "new_state", where)
     if (state is not None or new_state is not None) and scenario is None:
         raise where.error("state" if state is not None else "new_state", "a state needs a 'scenario'")
+    drop_first = 0
+    if "drop_first" in spec:
+        value = spec["drop_first"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise where.error("drop_first", "expected a whole number of attempts >= 0")
+        if action not in (RESPOND, LATE):
+            raise where.error("drop_first", f"a {action} rule sends no answer")
+        drop_first = value
     enabled = spec.get("enabled", True)
     if not isinstance(enabled, bool):
         raise where.error("enabled", "expected true or false")
@@ -342,6 +357,7 @@ def compile_rule(spec: Any, index: int = 0, *, source: str = "") -> Rule:
         state=state,
         new_state=new_state,
         enabled=enabled,
+        drop_first=drop_first,
     )
 
 

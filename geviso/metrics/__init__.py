@@ -362,10 +362,62 @@ def snapshot(obj: Any, extra: Optional[Iterable[str]] = None) -> dict[str, Any]:
     return data
 
 
+class SafStats:
+    """What a store and forward did (counters of this process) and what its store
+    holds (``depth``, ``dead``, ``oldest_age``, ``stored_attempts``: read from the
+    store when the forwarder is idle, or by ``refresh_stats()``)."""
+
+    COUNTERS = (
+        "puts",  # messages stored by this process
+        "attempts",  # transmissions started
+        "retransmissions",  # of them, under the repeat MTI
+        "failures",  # transmissions that got no answer
+        "delivered",  # answers accepted (and recorded)
+        "expired",  # messages made dead letters
+    )
+    GAUGES = ("depth", "dead", "oldest_age", "stored_attempts")
+    __slots__ = (*COUNTERS, *GAUGES, "refreshed")
+    puts: int
+    attempts: int
+    retransmissions: int
+    failures: int
+    delivered: int
+    expired: int
+    depth: int
+    dead: int
+    oldest_age: float
+    stored_attempts: int
+
+    def __init__(self) -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, 0)
+        self.depth = self.dead = self.stored_attempts = 0
+        self.oldest_age = 0.0
+        #: When the gauges were read from the store (wall-clock seconds; 0: never).
+        self.refreshed = 0.0
+
+    def update_counts(self, counts: Mapping[str, Any], now: float) -> None:
+        """Set the gauges from a store's counts (``pending``, ``dead``, ``oldest``, ``attempts``)."""
+        self.depth = int(counts.get("pending", 0))
+        self.dead = int(counts.get("dead", 0))
+        oldest = counts.get("oldest")
+        self.oldest_age = max(0.0, now - float(oldest)) if oldest is not None else 0.0
+        self.stored_attempts = int(counts.get("attempts", 0))
+        self.refreshed = now
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data: every counter and gauge."""
+        return {name: getattr(self, name) for name in (*self.COUNTERS, *self.GAUGES)}
+
+    def __repr__(self) -> str:
+        return "<SafStats " + " ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ">"
+
+
 __all__ = [
     "LATENCY_BUCKETS",
     "Histogram",
     "LinkStats",
+    "SafStats",
     "Totals",
     "connection_states",
     "in_flight",

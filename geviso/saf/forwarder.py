@@ -1,0 +1,363 @@
+"""The gevent layer of store and forward: durable puts with group commit, and the
+forwarding greenlet.
+
+Every store call runs in one thread of the forwarder's own (a ``gevent.threadpool``):
+SQLite's and PostgreSQL's calls, fsync included, block the calling thread, and the hub
+must keep serving the links meanwhile. The calls greenlets queue while one batch is in
+the thread go together in the next transaction: one commit (one fsync) for many puts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from operator import methodcaller
+from typing import Any, Callable, Optional, TypeVar, Union
+
+import gevent
+import gevent.event
+import gevent.pool
+import gevent.threadpool
+from iso8583.specs import default as default_spec
+
+from .. import masking
+from ..codec import Codec, Spec, codec_for
+from ..errors import (
+    ConfigurationError,
+    ConnectionClosed,
+    GevisoError,
+    NoConnections,
+    NotConnected,
+    PoolClosed,
+    StoreError,
+)
+from ..metrics import SafStats
+from ..stan import StanGenerator
+from .core import DELIVERED, EXPIRE, LATE_RESPONSE, Entry, Policy, build_reversal, check_doc, dumps
+from .store import Store, Txn, open_store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Handler = Callable[..., Any]
+
+
+def _not_written(exc: BaseException) -> bool:
+    """True when the request surely never reached the host (no link took it)."""
+    if isinstance(exc, ConnectionClosed):
+        return not exc.sent
+    return isinstance(exc, (NoConnections, NotConnected, PoolClosed))
+
+
+class StoreAndForward:
+    """Messages that must reach the host (reversals, advices), stored durably and
+    forwarded until an answer is accepted.
+
+    ``target`` is a :class:`~geviso.Connection` or :class:`~geviso.Pool`; ``store`` a
+    SQLite file path, a ``postgresql://`` URL or a :class:`~geviso.saf.store.Store`.
+    :meth:`put` returns once the message is committed and synced. The forwarding
+    greenlet claims due messages in store order, at most ``window`` at a time, under a
+    lease of ``lease`` seconds (default ``timeout + 30``), sends each with ``timeout``,
+    and retransmits unanswered ones under the repeat MTI after ``retry_wait`` seconds,
+    times ``backoff`` after each failure, at most ``max_wait``; until an answer whose
+    field 39 is in ``accepted_codes`` (None: any answer), or until ``expire_after``
+    seconds or ``max_attempts`` attempts make it a dead letter. ``on_delivered(entry,
+    response)`` and ``on_expired(entry)`` run in the forwarding greenlet's children
+    after the store recorded the outcome.
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        store: Union[str, os.PathLike[str], Store],
+        *,
+        spec: Optional[Spec] = None,
+        stan: Optional[StanGenerator] = None,
+        timeout: float = 10.0,
+        retry_wait: float = 1.0,
+        backoff: float = 2.0,
+        max_wait: float = 60.0,
+        expire_after: Optional[float] = 24 * 3600.0,
+        max_attempts: Optional[int] = None,
+        accepted_codes: Optional[Iterable[str]] = None,
+        window: int = 1,
+        lease: Optional[float] = None,
+        poll_interval: float = 1.0,
+        on_delivered: Optional[Handler] = None,
+        on_expired: Optional[Handler] = None,
+        forward: bool = True,
+    ) -> None:
+        if timeout <= 0 or poll_interval <= 0:
+            raise ConfigurationError("timeout and poll_interval must be > 0 seconds")
+        if window < 1:
+            raise ConfigurationError("window must be >= 1")
+        lease = timeout + 30.0 if lease is None else lease
+        if lease <= timeout:
+            raise ConfigurationError("lease must be longer than timeout (another process takes over after it)")
+        self.target = target
+        self.spec: Spec = spec if spec is not None else getattr(target, "spec", None) or default_spec
+        self.codec: Codec = codec_for(self.spec)
+        if stan is None:  # a link's own generator keeps its STANs unique
+            stan = getattr(target, "stan", None)
+        self.stan = stan if isinstance(stan, StanGenerator) else StanGenerator()
+        self.timeout = timeout
+        self.policy = Policy(
+            retry_wait=retry_wait,
+            backoff=backoff,
+            max_wait=max_wait,
+            expire_after=expire_after,
+            max_attempts=max_attempts,
+            accepted_codes=Policy.codes(accepted_codes),
+        )
+        self.window = window
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.on_delivered = on_delivered
+        self.on_expired = on_expired
+        #: This process's lease owner name: host, pid and a random part.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stats = SafStats()
+        self._thread = gevent.threadpool.ThreadPool(1)
+        self._queue: list[tuple[Callable[[Txn], Any], gevent.event.AsyncResult]] = []
+        self._queued = gevent.event.Event()
+        self._wake = gevent.event.Event()
+        self._attempts = gevent.pool.Group()
+        self._handlers = gevent.pool.Group()
+        self._closed = False
+        self._forwarder: Optional[gevent.Greenlet] = None
+        try:
+            self.store: Store = (
+                store if isinstance(store, Store) else self._thread.apply(open_store, (os.fspath(store),))
+            )
+        except BaseException:
+            self._thread.kill()
+            raise
+        self._committer = gevent.spawn(self._commit_loop)
+        if forward:
+            self.start()
+
+    # -- the store, through the thread ------------------------------------------------
+    def _submit(self, op: Callable[[Txn], T]) -> T:
+        """Run ``op`` in the next transaction and return its result once committed."""
+        if self._closed and self._committer.dead:
+            raise StoreError("store and forward is closed")
+        done = gevent.event.AsyncResult()
+        self._queue.append((op, done))
+        self._queued.set()
+        return done.get()  # type: ignore[no-any-return]
+
+    def _commit_loop(self) -> None:
+        """Group commit: everything queued while a batch was in the thread goes in the
+        next batch."""
+        while True:
+            self._queued.wait()
+            self._queued.clear()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            try:
+                results = self._thread.apply(self.store.run, ([op for op, _ in batch],))
+            except Exception as exc:  # the transaction failed: nothing in it happened
+                error = exc if isinstance(exc, GevisoError) else StoreError(f"store: {type(exc).__name__}: {exc}")
+                for _, done in batch:
+                    done.set_exception(error)
+                continue
+            for (_, done), result in zip(batch, results):
+                if isinstance(result, BaseException):
+                    done.set_exception(result)
+                else:
+                    done.set(result)
+
+    # -- putting ----------------------------------------------------------------------
+    def put(self, doc: Mapping[str, str]) -> Entry:
+        """Store ``doc`` for forwarding; returns once it is durable. Field 11 is filled
+        from ``stan`` when missing. Raises :class:`ConfigurationError` for a message
+        that is not a request or advice, :class:`EncodeError` for one the spec cannot
+        encode (nothing stored), :class:`StoreError` when the store cannot commit."""
+        msg = check_doc(doc)
+        if "11" not in msg:
+            msg["11"] = self.stan.next()
+        self.codec.encode(msg)  # raises EncodeError: never store what can never be sent
+        text = dumps(msg)
+        now = time.time()
+        mti, stan = msg["t"], msg["11"]
+        entry_id = self._submit(lambda txn: txn.insert(text, mti, stan, now))
+        self.stats.puts += 1
+        self._wake.set()
+        return Entry(id=entry_id, doc=msg, created=now, next_at=now)
+
+    def reverse(self, original: Mapping[str, str], reason: str = LATE_RESPONSE, *, mti: Optional[str] = None) -> Entry:
+        """Store the reversal of ``original`` (see :func:`geviso.saf.core.build_reversal`)
+        for forwarding: for a request whose send failed with ``ConnectionClosed(sent=True)``
+        or ``SendTimeout``."""
+        return self.put(build_reversal(original, reason=reason, stan=self.stan.next(), mti=mti))
+
+    # -- forwarding -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the forwarding greenlet (done by the constructor unless ``forward=False``)."""
+        if self._closed:
+            raise StoreError("store and forward is closed")
+        if self._forwarder is None:
+            self._forwarder = gevent.spawn(self._forward_loop)
+
+    def wake(self) -> None:
+        """Look for due messages now rather than at the next poll."""
+        self._wake.set()
+
+    def _forward_loop(self) -> None:
+        while not self._closed:
+            free = self.window - len(self._attempts)
+            if free <= 0:
+                gevent.wait(list(self._attempts), count=1, timeout=self.poll_interval)
+                continue
+            self._wake.clear()
+            now = time.time()
+            lease_until = now + self.lease
+            claim = methodcaller("claim", self.owner, now, lease_until, free, self.policy.expired)
+            try:
+                claimed, expired = self._submit(claim)
+            except StoreError as exc:
+                log.warning("store and forward: cannot claim messages: %s", exc)
+                self._wake.wait(self.poll_interval)
+                continue
+            for entry in expired:
+                self._expired(entry)
+            for entry in claimed:
+                self._attempts.add(gevent.spawn(self._attempt, entry, lease_until))
+            if not claimed and not expired:
+                self._refresh_now()
+                self._wake.wait(self.poll_interval)
+
+    def _attempt(self, entry: Entry, lease_until: float) -> None:
+        """One transmission of ``entry`` (its attempt already counted) and its outcome."""
+        stats = self.stats
+        stats.attempts += 1
+        if entry.attempts > 1:
+            stats.retransmissions += 1
+        response: Optional[dict[str, str]] = None
+        error = ""
+        undo = False
+        try:
+            response = self.target.send(entry.outgoing(), timeout=self.timeout)
+        except GevisoError as exc:
+            error = type(exc).__name__
+            undo = _not_written(exc)
+            stats.failures += 1
+            log.debug("store and forward: entry %d attempt %d: %s", entry.id, entry.attempts, error)
+        now = time.time()
+        if undo:  # nobody got it: the attempt does not count, and the link needs time
+            next_at = now + self.policy.retry_wait
+            self._record(entry, lambda txn: txn.retry(entry.id, self.owner, next_at, "", undo=True))
+            return
+        decision = self.policy.decide(entry, response, now, error)
+        entry.last_code = decision.code
+        if decision.action == DELIVERED:
+            if self._record(entry, lambda txn: txn.ack(entry.id)):
+                stats.delivered += 1
+                if self.on_delivered is not None:
+                    self._run_handler(self.on_delivered, entry, response)
+        elif decision.action == EXPIRE:
+            if self._record(entry, lambda txn: txn.dead(entry.id, decision.reason, decision.code)):
+                entry.state, entry.reason = "dead", decision.reason
+                self._expired(entry)
+        else:
+            self._record(entry, lambda txn: txn.retry(entry.id, self.owner, decision.next_at, decision.code))
+
+    def _record(self, entry: Entry, op: Callable[[Txn], Any]) -> bool:
+        """Record an outcome; on a store failure the lease runs out and the message is
+        sent again (under the repeat MTI): at least once, never lost."""
+        try:
+            self._submit(op)
+        except StoreError as exc:
+            log.warning("store and forward: cannot record the outcome of entry %d: %s", entry.id, exc)
+            return False
+        return True
+
+    def _expired(self, entry: Entry) -> None:
+        self.stats.expired += 1
+        log.warning(
+            "store and forward: entry %d (%s) is a dead letter: %s", entry.id, masking.describe(entry.doc), entry.reason
+        )
+        if self.on_expired is not None:
+            self._run_handler(self.on_expired, entry)
+
+    def _run_handler(self, handler: Handler, *args: Any) -> None:
+        def run() -> None:
+            try:
+                handler(*args)
+            except Exception as exc:  # a handler's bug must not stop forwarding
+                name = getattr(handler, "__name__", "handler")
+                log.error("store and forward: %s failed: %s", name, masking.mask_text(f"{type(exc).__name__}: {exc}"))
+
+        self._handlers.add(gevent.spawn(run))
+
+    # -- state ------------------------------------------------------------------------
+    def refresh_stats(self) -> SafStats:
+        """Read depth, dead letters and the oldest message's age from the store."""
+        counts = self._submit(lambda txn: txn.counts())
+        self.stats.update_counts(counts, time.time())
+        return self.stats
+
+    def _refresh_now(self) -> None:
+        try:
+            self.refresh_stats()
+        except StoreError:
+            pass
+
+    def entries(self, state: Optional[str] = None, limit: int = 100) -> list[Entry]:
+        """Stored messages in store order (of ``state``: ``pending`` or ``dead``)."""
+        return self._submit(lambda txn: txn.entries(state, limit))
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no message is pending (dead letters aside); True if so in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.refresh_stats().depth == 0 and not len(self._attempts):
+                return True
+            self._wake.set()
+            gevent.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop forwarding, let attempts in flight finish (up to ``timeout``), give up
+        this process's leases and close the store. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._forwarder is not None:
+            self._forwarder.join(timeout=timeout)
+            self._forwarder.kill(block=False)
+        self._attempts.join(timeout=timeout)
+        self._attempts.kill(block=False)
+        self._handlers.join(timeout=timeout)
+        owner = self.owner
+        try:
+            self._submit(lambda txn: txn.release(owner))
+        except StoreError as exc:
+            log.warning("store and forward: cannot release leases: %s", exc)
+        self._committer.kill()
+        try:
+            self._thread.apply(self.store.close)
+        finally:
+            self._thread.kill()
+
+    def __enter__(self) -> StoreAndForward:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<geviso.StoreAndForward {self.store.location} depth={self.stats.depth}>"
+
+
+__all__ = ["StoreAndForward"]
