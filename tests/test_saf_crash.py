@@ -21,12 +21,12 @@ import pytest
 from safhost import JournalHost
 
 from geviso.saf.core import is_repeat
-from geviso.saf.sqlite import SqliteStore
+from geviso.saf.store import open_store
 
 HERE = Path(__file__).resolve().parent
 
 
-def child(store: Path, port: int, logdir: Path, total: int, *flags: str) -> gevent.subprocess.Popen:
+def child(store: object, port: int, logdir: Path, total: int, *flags: str) -> gevent.subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, str(HERE / "saf_child.py"), str(store), str(port), str(logdir), str(total), *flags]
     return gevent.subprocess.Popen(command, env=env, stderr=gevent.subprocess.PIPE)
@@ -47,7 +47,7 @@ def lines(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def check_invariants(host: JournalHost, logdir: Path, store: Path) -> dict[str, int]:
+def check_invariants(host: JournalHost, logdir: Path, store: str) -> dict[str, int]:
     puts = lines(logdir / "puts.log")
     done = {int(i) for word, i in puts if word == "done"}
     begun = {int(i) for word, i in puts if word == "begin"}
@@ -65,7 +65,7 @@ def check_invariants(host: JournalHost, logdir: Path, store: Path) -> dict[str, 
         if stan in delivered:
             late = [at for at, _ in seen if at > delivered[stan]]
             assert not late, f"STAN {stan} was sent again after its delivery was recorded"
-    with SqliteStore(str(store)) as opened:
+    with open_store(store) as opened:
         assert opened.call(lambda txn: txn.entries()) == [], "messages left in the store"
     return {"stored": len(done), "receipts": len(host.journal), "repeats": len(host.journal) - len(receipts)}
 
@@ -93,7 +93,7 @@ def crash_run(tmp_path: Path, kills: int, total: int, seed: int) -> dict[str, in
         proc = child(store, host.address[1], logdir, total, "--exit-when-done")
         returncode = wait_exit(proc, 120)
         assert returncode == 0, proc.stderr.read().decode(errors="replace")[-2000:]
-        return check_invariants(host, logdir, store)
+        return check_invariants(host, logdir, str(store))
     finally:
         host.stop()
 

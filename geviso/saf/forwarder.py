@@ -324,6 +324,7 @@ class StoreAndForward:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed
 
     def close(self, timeout: float = 5.0) -> None:

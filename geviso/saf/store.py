@@ -105,6 +105,7 @@ class Txn(abc.ABC):
         return int(cur.rowcount)
 
     def get(self, entry_id: int) -> Optional[Entry]:
+        """The row ``entry_id``, or None."""
         cur = self.execute(f"SELECT {COLUMNS} FROM {TABLE} WHERE id = ?", (entry_id,))
         row = cur.fetchone()
         return entry_of(row) if row is not None else None
@@ -169,6 +170,7 @@ def run_each(txn: Txn, ops: Sequence[Callable[[Txn], Any]], failed: Callable[[Ex
 
 
 def entry_of(row: Sequence[Any]) -> Entry:
+    """The :class:`Entry` of a row of :data:`COLUMNS`."""
     entry_id, text, state, attempts, created, next_at, reason, code = row
     return Entry(
         id=int(entry_id),
