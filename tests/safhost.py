@@ -42,3 +42,14 @@ def advice(i: int, mti: str = "0420", terminal: str = "TERM0001") -> dict[str, s
         "37": f"6123{i:08d}",
         "41": terminal,
     }
+
+
+def prefill(store: str, count: int) -> None:
+    """Store messages 0..count-1 of :func:`advice` in ``store`` (a path or a URL), with
+    no forwarding."""
+    saf = geviso.StoreAndForward(None, store, forward=False)
+    try:
+        for i in range(count):
+            saf.put(advice(i))
+    finally:
+        saf.close()

@@ -10,7 +10,7 @@ import gevent
 import pytest
 from iso8583.specs import default as spec
 from pgserver import PostgresServer, postgres  # noqa: F401 - the fixture
-from safhost import JournalHost, advice
+from safhost import JournalHost, advice, prefill
 from test_saf_crash import check_invariants, child, lines, wait_exit
 
 import geviso
@@ -71,10 +71,7 @@ def test_an_unreachable_server_is_a_clear_store_error_without_the_password(postg
 
 def test_processes_sharing_one_database_forward_each_message_once(url, host, tmp_path: Path):
     host.rules = [{"delay_ms": [0, 20]}]
-    saf = geviso.StoreAndForward(None, url, forward=False)
-    for i in range(200):
-        saf.put(advice(i))
-    saf.close()
+    prefill(url, 200)
     procs = [child(url, host.address[1], tmp_path, 200, "--no-put", "--exit-when-done") for _ in range(3)]
     for proc in procs:
         assert wait_exit(proc, 120) == 0, proc.stderr.read().decode(errors="replace")[-2000:]

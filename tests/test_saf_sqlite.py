@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gevent
 import pytest
-from safhost import JournalHost, advice
+from safhost import JournalHost, advice, prefill
 from test_saf_crash import HERE, child, lines, wait_exit
 
 import geviso
@@ -138,10 +138,7 @@ def test_processes_sharing_one_file_forward_each_message_once(tmp_path):
     host = JournalHost(rules=[{"delay_ms": [0, 20]}])
     host.start()
     store = tmp_path / "saf.db"
-    saf = geviso.StoreAndForward(None, str(store), forward=False)
-    for i in range(300):
-        saf.put(advice(i))
-    saf.close()
+    prefill(str(store), 300)
     try:
         procs = [child(store, host.address[1], tmp_path, 300, "--no-put", "--exit-when-done") for _ in range(3)]
         for proc in procs:
@@ -158,10 +155,7 @@ def test_a_crashed_forwarders_lease_runs_out_and_another_takes_over(tmp_path):
     host = JournalHost(rules=[{"drop_first": 1}])  # the first attempt of each gets no answer
     host.start()
     store = tmp_path / "saf.db"
-    saf = geviso.StoreAndForward(None, str(store), forward=False)
-    for i in range(5):
-        saf.put(advice(i))
-    saf.close()
+    prefill(str(store), 5)
     try:
         first = child(store, host.address[1], tmp_path, 5, "--no-put")
         deadline = time.monotonic() + 30
