@@ -21,6 +21,11 @@ Workloads (``--workload``, comma-separated; default all but ``memory``):
     reader splitting frames, one ``AsyncResult`` per request, no codec), same frames;
     then a geviso client against the same echo process. The difference, less the
     client's codec, is the connection layer's own cost.
+``saf``
+    Store and forward (:mod:`geviso.saf.bench`): durable puts per second on SQLite at
+    each ``--concurrency``, forwards per second, put-to-acknowledgement latency, and
+    the p99 of 10 closed-loop senders alone and beside a store and forward doing 1,000
+    messages a second. Not part of ``all``.
 ``memory``
     1,000,000 messages against 10,000 (``--messages``): RSS, greenlets, pending
     requests and buffers must not grow. Long; not part of ``all``.
@@ -66,7 +71,7 @@ from .stan import StanGenerator
 if TYPE_CHECKING:
     from .mockhost import MockHost
 
-WORKLOADS = ("burst", "closed-loop", "codec", "transport", "memory")
+WORKLOADS = ("burst", "closed-loop", "codec", "transport", "memory", "saf")
 DEFAULT_WORKLOADS = ("burst", "closed-loop", "codec", "transport")
 #: Seconds to wait for a helper process (mock host, echo server) to announce its port.
 START_TIMEOUT = 30.0
@@ -757,6 +762,12 @@ def run(args: argparse.Namespace, spec: Spec, report: Callable[[Result], None]) 
                     keep(_repeat(args.repeat, run_transport_geviso, address, spec, level, count, pid))
         elif workload == "memory":
             keep(run_memory(spec, args.framing, args.messages or 1_000_000))
+        elif workload == "saf":
+            from .saf.bench import run_saf
+
+            start = functools.partial(mock_host_process, args.spec, args.framing)
+            for result in run_saf(spec, args.framing, args.messages or 20_000, levels, start, REQUEST_0200):
+                keep(result)
     return results
 
 

@@ -26,6 +26,7 @@ from . import framing as framing_mod
 from . import specs
 from .errors import ConfigurationError, GevisoError
 from .mockhost import MockHost, load_rules, summary_line
+from .saf import cli as saf_cli
 from .server import bind_reuse_port
 
 PROG = "geviso"
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--admin-token", help="token the admin API requires (needed off loopback)")
     mock.add_argument("--journal-size", type=int, default=1000, help="requests the journal keeps (default 1000)")
     mock.set_defaults(func=mock_host)
+    saf_cli.add_parser(commands)
     if importlib.util.find_spec("geviso.bench") is not None:
         commands.add_parser("bench", help="measure throughput and latency (geviso bench --help)", add_help=False)
     return parser

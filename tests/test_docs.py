@@ -169,6 +169,8 @@ def check_command(command: str, where: str) -> None:
         options = [w.split("=", 1)[0] for w in words if w.startswith("--")]
         if program == "geviso" and len(words) > 1 and not words[1].startswith("-"):
             text = help_text(str(BIN / "geviso"), words[1])
+            if len(words) > 2 and re.match(r"^[a-z][\w-]*$", words[2]) and words[1] == "saf":  # saf ACTION
+                text += help_text(str(BIN / "geviso"), words[1], words[2])
         elif program == "locust":
             text = help_text(str(BIN / "locust")) + iso_options_help()
         else:

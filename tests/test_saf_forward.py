@@ -119,8 +119,9 @@ def test_a_link_that_is_down_delays_forwarding_without_using_up_attempts(host, t
     saf = saf_of(link, tmp_path, max_attempts=2)
     saf.put(advice(0))
     gevent.sleep(0.5)
-    [entry] = saf.entries(PENDING)
-    saf.close()
+    saf.close()  # attempts in flight finish first
+    with SqliteStore(str(tmp_path / "saf.db")) as store:
+        [entry] = store.call(lambda txn: txn.entries())
     assert entry.attempts == 0 and entry.state == PENDING
 
 
@@ -212,3 +213,27 @@ def test_a_closed_store_and_forward_refuses_puts(conn, tmp_path):
     saf.close()
     with pytest.raises(geviso.StoreError):
         saf.put(advice(0))
+
+
+def test_prometheus_exports_the_store_and_forward_stats(host, conn, tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from geviso.metrics import prometheus
+
+    registry = CollectorRegistry()
+    host.rules = [{"drop_first": 1}]
+    with saf_of(conn, tmp_path) as saf:
+        prometheus.register(saf, name="reversals", registry=registry)
+        saf.put(advice(0))
+        assert saf.drain(10)
+        text = generate_latest(registry).decode()
+    for line in (
+        'geviso_saf_puts_total{name="reversals"} 1.0',
+        'geviso_saf_attempts_total{name="reversals"} 2.0',
+        'geviso_saf_retransmissions_total{name="reversals"} 1.0',
+        'geviso_saf_delivered_total{name="reversals"} 1.0',
+        'geviso_saf_depth{name="reversals"} 0.0',
+        'geviso_saf_dead{name="reversals"} 0.0',
+        'geviso_saf_oldest_age_seconds{name="reversals"} 0.0',
+    ):
+        assert line in text

@@ -17,6 +17,10 @@ Metrics (each labelled with the ``name`` given at registration):
 ``up``, ``connecting``, ``waiting``), ``geviso_pool_up``, and one counter per link counter:
 ``geviso_frames_sent_total``, ``geviso_responses_matched_total``,
 ``geviso_timeouts_total``, ``geviso_reconnects_total``...
+
+A :class:`~geviso.StoreAndForward` registers the same way and exports
+``geviso_saf_depth``, ``geviso_saf_dead``, ``geviso_saf_oldest_age_seconds`` and one
+counter per :class:`~geviso.metrics.SafStats` counter (``geviso_saf_delivered_total``...).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any, Callable, Optional
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
-from . import LinkStats, connection_states, in_flight, stats_of
+from . import LinkStats, SafStats, connection_states, in_flight, stats_of
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,23 @@ COUNTER_METRICS = {
     "reconnects": ("geviso_reconnects", "Links opened again after one closed."),
 }
 assert set(COUNTER_METRICS) == set(LinkStats.COUNTERS)
+
+#: Store and forward counter -> (metric name without ``_total``, help text).
+SAF_COUNTER_METRICS = {
+    "puts": ("geviso_saf_puts", "Messages stored durably by this process."),
+    "attempts": ("geviso_saf_attempts", "Transmissions started by the forwarder."),
+    "retransmissions": ("geviso_saf_retransmissions", "Transmissions under the repeat MTI."),
+    "failures": ("geviso_saf_failures", "Transmissions that got no answer."),
+    "delivered": ("geviso_saf_delivered", "Messages whose answer was accepted and recorded."),
+    "expired": ("geviso_saf_expired", "Messages made dead letters."),
+}
+#: Store and forward gauge -> (metric name, help text).
+SAF_GAUGE_METRICS = {
+    "depth": ("geviso_saf_depth", "Messages waiting to be forwarded."),
+    "dead": ("geviso_saf_dead", "Dead letters in the store."),
+    "oldest_age": ("geviso_saf_oldest_age_seconds", "Age of the oldest message waiting."),
+}
+assert set(SAF_COUNTER_METRICS) == set(SafStats.COUNTERS)
 
 
 class _Families:
@@ -73,6 +94,12 @@ class _Families:
             counter: CounterMetricFamily(metric, text, labels=["name"])
             for counter, (metric, text) in COUNTER_METRICS.items()
         }
+        self.saf: dict[str, Metric] = {
+            name: CounterMetricFamily(metric, text, labels=["name"])
+            for name, (metric, text) in SAF_COUNTER_METRICS.items()
+        }
+        for name, (metric, text) in SAF_GAUGE_METRICS.items():
+            self.saf[name] = GaugeMetricFamily(metric, text, labels=["name"])
 
     def all(self) -> list[Metric]:
         return [
@@ -82,10 +109,16 @@ class _Families:
             self.connections,
             *self.flags.values(),
             *self.counters.values(),
+            *self.saf.values(),
         ]
 
     def add(self, name: str, source: Any) -> None:
-        """The samples of one connection, pool or server."""
+        """The samples of one connection, pool, server or store and forward."""
+        saf_stats = getattr(source, "stats", None)
+        if isinstance(saf_stats, SafStats):
+            for stat, family in self.saf.items():
+                family.add_metric([name], getattr(saf_stats, stat))  # type: ignore[attr-defined]
+            return
         stats = stats_of(source)
         for (mti, outcome), n in sorted(stats.by_outcome.items()):
             self.requests.add_metric([name, mti, outcome], n)

@@ -46,6 +46,24 @@ T = TypeVar("T")
 Handler = Callable[..., Any]
 
 
+class _Insert:
+    """A put, queued for the next batch's ``insert_many``."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: tuple[str, str, str, float]) -> None:
+        self.row = row
+
+
+class _Ack:
+    """An acknowledgement, queued for the next batch's ``ack_many``."""
+
+    __slots__ = ("entry_id",)
+
+    def __init__(self, entry_id: int) -> None:
+        self.entry_id = entry_id
+
+
 def _not_written(exc: BaseException) -> bool:
     """True when the request surely never reached the host (no link took it)."""
     if isinstance(exc, ConnectionClosed):
@@ -122,7 +140,7 @@ class StoreAndForward:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = SafStats()
         self._thread = gevent.threadpool.ThreadPool(1)
-        self._queue: list[tuple[Callable[[Txn], Any], gevent.event.AsyncResult]] = []
+        self._queue: list[tuple[Any, gevent.event.AsyncResult]] = []  # (op, its result)
         self._queued = gevent.event.Event()
         self._wake = gevent.event.Event()
         self._attempts = gevent.pool.Group()
@@ -143,34 +161,58 @@ class StoreAndForward:
     # -- the store, through the thread ------------------------------------------------
     def _submit(self, op: Callable[[Txn], T]) -> T:
         """Run ``op`` in the next transaction and return its result once committed."""
+        return self._enqueue(op)  # type: ignore[no-any-return]
+
+    def _enqueue(self, op: Any) -> Any:
         if self._closed and self._committer.dead:
             raise StoreError("store and forward is closed")
         done = gevent.event.AsyncResult()
         self._queue.append((op, done))
         self._queued.set()
-        return done.get()  # type: ignore[no-any-return]
+        return done.get()
 
     def _commit_loop(self) -> None:
         """Group commit: everything queued while a batch was in the thread goes in the
-        next batch."""
+        next batch. Puts go in as one ``insert_many`` and acknowledgements as one
+        ``ack_many``: the less Python the thread runs, the less it holds the GIL the
+        hub needs."""
         while True:
             self._queued.wait()
             self._queued.clear()
             batch, self._queue = self._queue, []
             if not batch:
                 continue
+            inserts = [(op, done) for op, done in batch if isinstance(op, _Insert)]
+            acks = [(op, done) for op, done in batch if isinstance(op, _Ack)]
+            groups: list[list[tuple[Any, gevent.event.AsyncResult]]] = []
+            ops: list[Callable[[Txn], Any]] = []
+            if inserts:
+                groups.append(inserts)
+                ops.append(methodcaller("insert_many", [op.row for op, _ in inserts]))
+            if acks:
+                groups.append(acks)
+                ops.append(methodcaller("ack_many", [op.entry_id for op, _ in acks]))
+            for op, done in batch:
+                if not isinstance(op, (_Insert, _Ack)):
+                    groups.append([(op, done)])
+                    ops.append(op)
             try:
-                results = self._thread.apply(self.store.run, ([op for op, _ in batch],))
+                results = self._thread.apply(self.store.run, (ops,))
             except Exception as exc:  # the transaction failed: nothing in it happened
                 error = exc if isinstance(exc, GevisoError) else StoreError(f"store: {type(exc).__name__}: {exc}")
                 for _, done in batch:
                     done.set_exception(error)
                 continue
-            for (_, done), result in zip(batch, results):
+            for group, result in zip(groups, results):
                 if isinstance(result, BaseException):
-                    done.set_exception(result)
+                    for _, done in group:
+                        done.set_exception(result)
+                elif group is inserts:
+                    for (_, done), entry_id in zip(group, result):
+                        done.set(entry_id)
                 else:
-                    done.set(result)
+                    for _, done in group:
+                        done.set(result if len(group) == 1 and group is not acks else True)
 
     # -- putting ----------------------------------------------------------------------
     def put(self, doc: Mapping[str, str]) -> Entry:
@@ -185,7 +227,7 @@ class StoreAndForward:
         text = dumps(msg)
         now = time.time()
         mti, stan = msg["t"], msg["11"]
-        entry_id = self._submit(lambda txn: txn.insert(text, mti, stan, now))
+        entry_id = int(self._enqueue(_Insert((text, mti, stan, now))))
         self.stats.puts += 1
         self._wake.set()
         return Entry(id=entry_id, doc=msg, created=now, next_at=now)
@@ -211,8 +253,8 @@ class StoreAndForward:
     def _forward_loop(self) -> None:
         while not self._closed:
             free = self.window - len(self._attempts)
-            if free <= 0:
-                gevent.wait(list(self._attempts), count=1, timeout=self.poll_interval)
+            if free < max(1, self.window // 4):  # claim in batches: one commit for many
+                gevent.wait(list(self._attempts), count=max(1, self.window // 4) - free, timeout=self.poll_interval)
                 continue
             self._wake.clear()
             now = time.time()
@@ -256,7 +298,7 @@ class StoreAndForward:
         decision = self.policy.decide(entry, response, now, error)
         entry.last_code = decision.code
         if decision.action == DELIVERED:
-            if self._record(entry, lambda txn: txn.ack(entry.id)):
+            if self._record(entry, _Ack(entry.id)):
                 stats.delivered += 1
                 if self.on_delivered is not None:
                     self._run_handler(self.on_delivered, entry, response)
@@ -267,11 +309,11 @@ class StoreAndForward:
         else:
             self._record(entry, lambda txn: txn.retry(entry.id, self.owner, decision.next_at, decision.code))
 
-    def _record(self, entry: Entry, op: Callable[[Txn], Any]) -> bool:
+    def _record(self, entry: Entry, op: Any) -> bool:
         """Record an outcome; on a store failure the lease runs out and the message is
         sent again (under the repeat MTI): at least once, never lost."""
         try:
-            self._submit(op)
+            self._enqueue(op)
         except StoreError as exc:
             log.warning("store and forward: cannot record the outcome of entry %d: %s", entry.id, exc)
             return False

@@ -57,6 +57,18 @@ class _SqliteTxn(Txn):
         )
         return int(cur.lastrowid or 0)
 
+    def insert_many(self, rows: Sequence[tuple[str, str, str, float]]) -> list[int]:
+        """One ``executemany``: the ids are the last ones given (a transaction holds the
+        write lock, and AUTOINCREMENT ids only grow)."""
+        if len(rows) < 2:
+            return [self.insert(*row) for row in rows]
+        self.db.executemany(
+            f"INSERT INTO {TABLE} (doc, mti, stan, state, created, next_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+            [(text, mti, stan, now, now) for text, mti, stan, now in rows],
+        )
+        last = int(self.db.execute("SELECT last_insert_rowid()").fetchone()[0])
+        return list(range(last - len(rows) + 1, last + 1))
+
 
 def _failed(exc: Exception) -> Exception:
     """A driver error as a :class:`StoreError` (the text is SQLite's, no message data)."""

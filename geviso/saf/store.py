@@ -42,6 +42,10 @@ class Txn(abc.ABC):
     def insert(self, text: str, mti: str, stan: str, now: float) -> int:
         """Store a message; returns its id."""
 
+    def insert_many(self, rows: Sequence[tuple[str, str, str, float]]) -> list[int]:
+        """Store several messages (``insert``'s arguments each); their ids in order."""
+        return [self.insert(*row) for row in rows]
+
     def candidates(self, now: float, limit: int) -> list[Entry]:
         """Pending rows due by ``now`` whose lease ran out, in store order."""
         cur = self.execute(
@@ -76,6 +80,15 @@ class Txn(abc.ABC):
     def ack(self, entry_id: int) -> bool:
         """The message was delivered: remove it. False if it was gone already."""
         return bool(self.execute(f"DELETE FROM {TABLE} WHERE id = ?", (entry_id,)).rowcount)
+
+    def ack_many(self, ids: Sequence[int]) -> int:
+        """Several messages were delivered: remove them; how many were still there."""
+        removed = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            removed += int(self.execute(f"DELETE FROM {TABLE} WHERE id IN ({marks})", chunk).rowcount)
+        return removed
 
     def retry(self, entry_id: int, owner: str, next_at: float, code: str = "", *, undo: bool = False) -> bool:
         """Release ``owner``'s lease; the message is due again at ``next_at``. ``undo``:
@@ -119,10 +132,10 @@ class Txn(abc.ABC):
         return [entry_of(row) for row in cur.fetchall()]
 
     def requeue(self, ids: Optional[Sequence[int]], now: float) -> int:
-        """Dead letters (those of ``ids``, or all) become pending again, due at once."""
-        sql = f"UPDATE {TABLE} SET state = ?, reason = '', next_at = ?, lease_owner = NULL, lease_until = 0"
-        sql += " WHERE state = ?"
-        return self._by_ids(sql, (PENDING, now, DEAD), ids)
+        """Make messages due at once: dead letters (those of ``ids``, or all of them)
+        become pending again; a pending one of ``ids`` keeps its lease, if any."""
+        sql = f"UPDATE {TABLE} SET state = ?, reason = '', next_at = ? WHERE state IN (?, ?)"
+        return self._by_ids(sql, (PENDING, now, DEAD, PENDING if ids is not None else DEAD), ids)
 
     def purge(self, ids: Optional[Sequence[int]], state: Optional[str] = DEAD) -> int:
         """Delete rows (those of ``ids`` and/or of ``state``)."""

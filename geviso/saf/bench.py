@@ -1,0 +1,218 @@
+"""The ``saf`` workload of ``geviso bench``: durable puts per second, forwards per
+second, latency from put to acknowledgement, and the p99 of concurrent sends in the
+same process with and without a store and forward storing and forwarding 1,000
+messages a second (so a store that blocked the hub would show).
+
+The store is a SQLite file in a temporary directory (on the disk of ``TMPDIR``); the
+mock host runs in another process, so the measured process holds only the client side.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import gevent
+
+from ..codec import Spec
+from ..connection import Connection
+from ..framing import by_name as framing_by_name
+from .core import original_data
+from .forwarder import StoreAndForward
+
+if TYPE_CHECKING:
+    from ..bench import Result
+
+#: The stored message: a 0420 reversal advice with the usual fields (field 11 filled at put).
+ADVICE_0420 = {
+    "t": "0420",
+    "2": "4761739001010010",
+    "3": "000000",
+    "4": "000000010000",
+    "7": "1207023400",
+    "12": "023400",
+    "13": "1207",
+    "32": "412345",
+    "37": "612345000001",
+    "39": "68",
+    "41": "TERM0001",
+    "42": "MERCHANT0000001",
+    "49": "840",
+    "90": original_data("0100", "000001", "1207023300", "412345"),
+}
+#: Messages in flight for the forwarding rows.
+WINDOW = 64
+#: The SAF's rate while the p99 of sends is measured, and how long each round lasts.
+BACKGROUND_RATE = 1000
+ROUND_SECONDS = 3.0
+
+
+def _saf(target: Any, path: str, spec: Spec, **options: Any) -> StoreAndForward:
+    return StoreAndForward(target, path, spec=spec, window=WINDOW, poll_interval=0.05, **options)
+
+
+def durable_puts(spec: Spec, messages: int, concurrency: int) -> Result:
+    """``concurrency`` greenlets put ``messages`` in all; each put returns once durable."""
+    from ..bench import Result
+
+    with tempfile.TemporaryDirectory() as tmp:
+        saf = _saf(None, os.path.join(tmp, "saf.db"), spec, forward=False)
+        latencies: list[float] = []
+
+        def putter(count: int) -> None:
+            for _ in range(count):
+                started = time.perf_counter()
+                saf.put(ADVICE_0420)
+                latencies.append(time.perf_counter() - started)
+
+        share, extra = divmod(messages, concurrency)
+        started = time.perf_counter()
+        gevent.joinall([gevent.spawn(putter, share + (i < extra)) for i in range(concurrency)], raise_error=True)
+        seconds = time.perf_counter() - started
+        saf.close()
+    return Result("saf", f"durable puts C={concurrency}", messages, seconds, latencies, len(latencies),
+                  concurrency=concurrency)  # fmt: skip
+
+
+def forwards(address: tuple[str, int], spec: Spec, framing_name: str, messages: int) -> list[Result]:
+    """Forward ``messages`` stored beforehand, ``WINDOW`` in flight."""
+    from ..bench import Result
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, _link(address, spec, framing_name) as conn:
+        path = os.path.join(tmp, "saf.db")
+        stored = _saf(None, path, spec, forward=False)
+        gevent.joinall([gevent.spawn(_put_many, stored, messages // 100) for _ in range(100)], raise_error=True)
+        stored.close()
+        saf = _saf(conn, path, spec, forward=False)
+        started = time.perf_counter()
+        saf.start()
+        saf.drain(600)
+        seconds = time.perf_counter() - started
+        saf.close()
+        total = (messages // 100) * 100
+        results.append(Result("saf", f"forwards window={WINDOW}", total, seconds, [], saf.stats.delivered,
+                              total - saf.stats.delivered))  # fmt: skip
+
+    return results
+
+
+def _put_many(saf: StoreAndForward, count: int) -> None:
+    for _ in range(count):
+        saf.put(ADVICE_0420)
+
+
+class _link:
+    """A connected link, closed on exit."""
+
+    def __init__(self, address: tuple[str, int], spec: Spec, framing_name: str) -> None:
+        self.conn = Connection(address, spec, framing=framing_by_name(framing_name), send_timeout=30.0)
+
+    def __enter__(self) -> Connection:
+        return self.conn.connect()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.conn.close()
+
+
+def sends_p99(
+    address: tuple[str, int], spec: Spec, framing_name: str, request: dict[str, str], rounds: int = 3
+) -> list[Result]:
+    """Interleaved rounds of 10 closed-loop senders on one link, alone and beside a store
+    and forward putting and forwarding :data:`BACKGROUND_RATE` messages a second."""
+    from ..bench import Result
+
+    alone: list[list[float]] = []
+    beside: list[list[float]] = []
+    rates: list[float] = []
+    begun: dict[str, float] = {}
+    to_ack: list[float] = []
+
+    def delivered(entry: Any, response: Any) -> None:
+        to_ack.append(time.perf_counter() - begun.pop(entry.doc["11"]))
+
+    with tempfile.TemporaryDirectory() as tmp, _link(address, spec, framing_name) as conn, \
+            _link(address, spec, framing_name) as saf_conn:  # fmt: skip
+        for i in range(rounds):
+            alone.append(_closed_loop(conn, request, ROUND_SECONDS))
+            saf = _saf(saf_conn, os.path.join(tmp, f"saf{i}.db"), spec, on_delivered=delivered)
+            pacer = gevent.spawn(_paced_puts, saf, BACKGROUND_RATE, ROUND_SECONDS + 0.5, begun)
+            gevent.sleep(0.25)
+            beside.append(_closed_loop(conn, request, ROUND_SECONDS))
+            pacer.join()
+            rates.append(saf.stats.delivered / (ROUND_SECONDS + 0.5))
+            saf.drain(30)
+            saf.close()
+    out = []
+    for label, runs in (("sends alone", alone), (f"sends beside SAF {BACKGROUND_RATE}/s", beside)):
+        p99s = sorted(_p99(run) for run in runs)
+        latencies = [x for run in runs for x in run]
+        out.append(Result("saf", f"{label} C=10", len(latencies), rounds * ROUND_SECONDS, latencies, len(latencies),
+                          p99_rounds_us=[round(p * 1e6) for p in p99s],
+                          saf_delivered_per_s=[round(r) for r in rates] if runs is beside else None))  # fmt: skip
+    out.append(Result("saf", f"put to acknowledgement at {BACKGROUND_RATE}/s", len(to_ack), rounds * ROUND_SECONDS,
+                      to_ack, len(to_ack)))  # fmt: skip
+    return out
+
+
+def _p99(latencies: list[float]) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else 0.0
+
+
+def _closed_loop(conn: Connection, request: dict[str, str], seconds: float, senders: int = 10) -> list[float]:
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    def sender() -> None:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            conn.send(request_without_stan)
+            latencies.append(time.perf_counter() - started)
+
+    request_without_stan = {k: v for k, v in request.items() if k != "11"}
+    gevent.joinall([gevent.spawn(sender) for _ in range(senders)], raise_error=True)
+    return latencies
+
+
+def _paced_puts(saf: StoreAndForward, rate: int, seconds: float, begun: dict[str, float]) -> None:
+    """``rate`` puts a second for ``seconds``: a batch every 10 ms, each put its own
+    greenlet; ``begun`` gets the start of each put by STAN."""
+    tick = 0.01
+    per_tick = max(1, int(rate * tick))
+    started = time.perf_counter()
+    ticks = 0
+    puts: list[gevent.Greenlet] = []
+
+    def put() -> None:
+        doc = dict(ADVICE_0420)
+        doc["11"] = saf.stan.next()
+        begun[doc["11"]] = time.perf_counter()
+        saf.put(doc)
+
+    while time.perf_counter() - started < seconds:
+        puts.extend(gevent.spawn(put) for _ in range(per_tick))
+        ticks += 1
+        gevent.sleep(max(0.0, started + ticks * tick - time.perf_counter()))
+    gevent.joinall(puts, raise_error=True)
+
+
+def run_saf(
+    spec: Spec,
+    framing_name: str,
+    messages: int,
+    levels: list[int],
+    start_host: Callable[[], Any],
+    request: dict[str, str],
+) -> list[Result]:
+    """Every row of the ``saf`` workload."""
+    results = [durable_puts(spec, messages, level) for level in levels]
+    with start_host() as (address, _pid):
+        results += forwards(address, spec, framing_name, messages)
+        results += sends_p99(address, spec, framing_name, request)
+    return results
+
+
+__all__ = ["run_saf"]
