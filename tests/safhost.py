@@ -13,21 +13,21 @@ import geviso
 
 
 class JournalHost(geviso.MockHost):
-    """A MockHost that keeps ``journal``: (monotonic time, request) per request."""
+    """A MockHost that keeps ``heard``: (monotonic time, request) per request."""
 
     def __init__(self, **options: Any) -> None:
         options.setdefault("spec", default_spec)
         super().__init__(("127.0.0.1", 0), **options)
-        self.journal: list[tuple[float, dict[str, str]]] = []
+        self.heard: list[tuple[float, dict[str, str]]] = []
 
     def _answer(self, conn: geviso.Connection, doc: dict[str, str]) -> None:
         if not geviso.codec.is_response(doc.get("t", "")):
-            self.journal.append((time.monotonic(), dict(doc)))
+            self.heard.append((time.monotonic(), dict(doc)))
         super()._answer(conn, doc)
 
     def receipts(self, stan: str) -> list[str]:
         """The MTIs under which the message with STAN ``stan`` arrived, in order."""
-        return [doc["t"] for _, doc in self.journal if doc.get("11") == stan]
+        return [doc["t"] for _, doc in self.heard if doc.get("11") == stan]
 
 
 def advice(i: int, mti: str = "0420", terminal: str = "TERM0001") -> dict[str, str]:

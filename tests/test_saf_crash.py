@@ -52,7 +52,7 @@ def check_invariants(host: JournalHost, logdir: Path, store: str) -> dict[str, i
     done = {int(i) for word, i in puts if word == "done"}
     begun = {int(i) for word, i in puts if word == "begin"}
     receipts: dict[str, list[tuple[float, str]]] = {}
-    for at, doc in host.journal:
+    for at, doc in host.heard:
         receipts.setdefault(doc["11"], []).append((at, doc["t"]))
     delivered: dict[str, float] = {}
     for stan, at, _pid in lines(logdir / "delivered.log"):
@@ -67,7 +67,7 @@ def check_invariants(host: JournalHost, logdir: Path, store: str) -> dict[str, i
             assert not late, f"STAN {stan} was sent again after its delivery was recorded"
     with open_store(store) as opened:
         assert opened.call(lambda txn: txn.entries()) == [], "messages left in the store"
-    return {"stored": len(done), "receipts": len(host.journal), "repeats": len(host.journal) - len(receipts)}
+    return {"stored": len(done), "receipts": len(host.heard), "repeats": len(host.heard) - len(receipts)}
 
 
 def crash_run(tmp_path: Path, kills: int, total: int, seed: int) -> dict[str, int]:

@@ -63,7 +63,7 @@ def test_messages_go_out_in_store_order_one_at_a_time_by_default(host, conn, tmp
     saf.start()
     assert saf.drain(10)
     saf.close()
-    assert [doc["11"] for _, doc in host.journal] == [f"{i + 1:06d}" for i in range(20)]
+    assert [doc["11"] for _, doc in host.heard] == [f"{i + 1:06d}" for i in range(20)]
 
 
 def test_unanswered_attempts_are_retransmitted_under_the_repeat_mti(host, conn, tmp_path):
@@ -82,7 +82,7 @@ def test_the_wait_between_attempts_grows_with_backoff(host, conn, tmp_path):
     with saf_of(conn, tmp_path, timeout=0.1, retry_wait=0.1, backoff=2.0, max_wait=1.0) as saf:
         saf.put(advice(0))
         assert saf.drain(15)
-    times = [t for t, _ in host.journal]
+    times = [t for t, _ in host.heard]
     gaps = [b - a for a, b in zip(times, times[1:])]
     # each gap is the send timeout (0.1 s) plus the wait: 0.1, 0.2, 0.4 s
     assert gaps[0] >= 0.19 and gaps[1] >= 0.29 and gaps[2] >= 0.49
@@ -111,7 +111,7 @@ def test_messages_older_than_expire_after_become_dead_letters_unsent(host, conn,
     [dead] = saf.entries(DEAD)
     saf.close()
     assert dead.reason.startswith("expired after 0.2s") and dead.attempts == 0
-    assert host.journal == []
+    assert host.heard == []
 
 
 def test_a_link_that_is_down_delays_forwarding_without_using_up_attempts(host, tmp_path):
@@ -130,7 +130,7 @@ def test_reverse_stores_and_forwards_a_reversal_of_the_original(host, conn, tmp_
     with saf_of(conn, tmp_path) as saf:
         entry = saf.reverse(original)
         assert saf.drain(10)
-    [(_, received)] = host.journal
+    [(_, received)] = host.heard
     assert received["t"] == "0400" and received["39"] == "68" and received["11"] == entry.doc["11"]
     assert received["11"] != original["11"] and "35" not in received
     assert received["90"].startswith("0100000042")
@@ -164,7 +164,7 @@ def test_a_pool_is_a_target_too(host, tmp_path):
             saf.put(advice(i))
         assert saf.drain(10)
     pool.close()
-    assert sorted(doc["11"] for _, doc in host.journal) == [f"{i + 1:06d}" for i in range(30)]
+    assert sorted(doc["11"] for _, doc in host.heard) == [f"{i + 1:06d}" for i in range(30)]
 
 
 def test_concurrent_puts_share_commits_and_each_is_stored(host, conn, tmp_path):
@@ -237,3 +237,19 @@ def test_prometheus_exports_the_store_and_forward_stats(host, conn, tmp_path):
         'geviso_saf_oldest_age_seconds{name="reversals"} 0.0',
     ):
         assert line in text
+
+
+@pytest.mark.parametrize(
+    "rule, problem",
+    [
+        ({"drop_first": -1}, "whole number"),
+        ({"drop_first": True}, "whole number"),
+        ({"action": "drop", "drop_first": 1}, "sends no answer"),
+    ],
+)
+def test_a_bad_drop_first_rule_is_refused_naming_the_key(rule, problem):
+    from geviso import rules
+
+    with pytest.raises(ConfigurationError, match=f"key 'drop_first': .*{problem}"):
+        rules.parse([rule])
+    assert rules.parse([{"drop_first": 3}]).rules[0].drop_first == 3

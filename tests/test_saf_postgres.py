@@ -75,7 +75,7 @@ def test_processes_sharing_one_database_forward_each_message_once(url, host, tmp
     procs = [child(url, host.address[1], tmp_path, 200, "--no-put", "--exit-when-done") for _ in range(3)]
     for proc in procs:
         assert wait_exit(proc, 120) == 0, proc.stderr.read().decode(errors="replace")[-2000:]
-    assert sorted(doc["11"] for _, doc in host.journal) == [f"{i + 1:06d}" for i in range(200)]
+    assert sorted(doc["11"] for _, doc in host.heard) == [f"{i + 1:06d}" for i in range(200)]
     assert len({pid for _, _, pid in lines(tmp_path / "delivered.log")}) >= 2
 
 

@@ -145,7 +145,7 @@ def test_processes_sharing_one_file_forward_each_message_once(tmp_path):
             assert wait_exit(proc, 120) == 0, proc.stderr.read().decode(errors="replace")[-2000:]
     finally:
         host.stop()
-    stans = sorted(doc["11"] for _, doc in host.journal)
+    stans = sorted(doc["11"] for _, doc in host.heard)
     assert stans == [f"{i + 1:06d}" for i in range(300)]  # each exactly once
     forwarders = {pid for _, _, pid in lines(tmp_path / "delivered.log")}
     assert len(forwarders) >= 2  # the work was shared
@@ -159,7 +159,7 @@ def test_a_crashed_forwarders_lease_runs_out_and_another_takes_over(tmp_path):
     try:
         first = child(store, host.address[1], tmp_path, 5, "--no-put")
         deadline = time.monotonic() + 30
-        while len(host.journal) < 5 and time.monotonic() < deadline:
+        while len(host.heard) < 5 and time.monotonic() < deadline:
             gevent.sleep(0.02)
         first.kill()  # SIGKILL while its sends wait for answers that never come
         wait_exit(first, 10)
@@ -171,5 +171,5 @@ def test_a_crashed_forwarders_lease_runs_out_and_another_takes_over(tmp_path):
     for i in range(5):
         assert host.receipts(f"{i + 1:06d}")[0] == "0420"
         assert set(host.receipts(f"{i + 1:06d}")[1:]) == {"0421"}
-    took_over = [at for at, doc in host.journal if doc["t"] == "0421"]
+    took_over = [at for at, doc in host.heard if doc["t"] == "0421"]
     assert min(took_over) >= killed_at  # the second process, once the lease ran out
