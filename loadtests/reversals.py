@@ -10,8 +10,8 @@ success in a row of its own, "0100 slow issuer (SendTimeout)", beside the answer
 The reversal is not sent by the user: ``saf.reverse(auth)`` stores it durably (a SQLite
 file per Locust process, ``--iso-saf-store`` to choose it) and the process's store and
 forward sends it, reporting each transmission to Locust: "0400 reversal", and "0401
-reversal (repeat)" for a retransmission. Reversals still stored when a run stops are
-sent by the next run that uses the same store.
+reversal (repeat)" for a retransmission. A stopping user waits for the stored reversals
+to be sent; any still stored when a run ends are sent by the next run on the same store.
 """
 
 from __future__ import annotations
@@ -97,3 +97,10 @@ class ReversalUser(CardUser):
         if answer is not None or not isinstance(self.client.last_error, geviso.SendTimeout):
             return
         store_and_forward(self).reverse(auth)  # "68": response received too late; durable once it returns
+
+    def on_stop(self) -> None:
+        """A terminal that stops lets the stored reversals reach the host first (bounded)."""
+        saf = _safs.get(self.environment)
+        if saf is not None and not saf.closed:
+            saf.drain(REVERSAL_TIMEOUT_S)
+        super().on_stop()

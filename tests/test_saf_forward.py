@@ -34,12 +34,12 @@ def conn(host: JournalHost) -> Iterator[geviso.Connection]:
     link.close()
 
 
-def saf_of(target, path: Path, **options) -> geviso.StoreAndForward:
+def saf_of(target, path: Path, store=None, **options) -> geviso.StoreAndForward:
     options.setdefault("timeout", 0.3)
     options.setdefault("retry_wait", 0.05)
     options.setdefault("max_wait", 0.2)
     options.setdefault("poll_interval", 0.05)
-    return geviso.StoreAndForward(target, str(path / "saf.db"), **options)
+    return geviso.StoreAndForward(target, store if store is not None else str(path / "saf.db"), **options)
 
 
 def test_put_returns_a_durable_entry_that_is_forwarded_and_delivered(host, conn, tmp_path):
@@ -253,3 +253,34 @@ def test_a_bad_drop_first_rule_is_refused_naming_the_key(rule, problem):
     with pytest.raises(ConfigurationError, match=f"key 'drop_first': .*{problem}"):
         rules.parse([rule])
     assert rules.parse([{"drop_first": 3}]).rules[0].drop_first == 3
+
+
+class _SlowStore(SqliteStore):
+    """A store whose every commit blocks its thread for 0.3 s, as a slow disk would."""
+
+    def run(self, ops):
+        time.sleep(0.3)
+        return super().run(ops)
+
+
+def test_a_slow_store_never_stalls_the_hub(host, conn, tmp_path):
+    store = _SlowStore(str(tmp_path / "slow.db"))
+    gaps: list[float] = []
+
+    def ticker() -> None:
+        last = time.monotonic()
+        while True:
+            gevent.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticking = gevent.spawn(ticker)
+    with saf_of(conn, tmp_path, store=store, window=32) as saf:
+        puts = [gevent.spawn(saf.put, advice(i)) for i in range(30)]
+        answers = [conn.send({"t": "0800", "70": "301"}, timeout=5) for _ in range(20)]  # the link stays served
+        gevent.joinall(puts, raise_error=True, timeout=30)
+        assert saf.drain(30)
+    ticking.kill()
+    assert all(a["39"] == "00" for a in answers)
+    assert len(gaps) > 50 and max(gaps) < 0.25  # each commit blocked 0.3 s, but not the hub
