@@ -22,8 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from . import capture_cli, specs
 from . import framing as framing_mod
-from . import specs
 from .errors import ConfigurationError, GevisoError
 from .mockhost import MockHost, load_rules, summary_line
 from .saf import cli as saf_cli
@@ -64,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--admin", metavar="HOST:PORT", help="serve the admin API and live page there (default: off)")
     mock.add_argument("--admin-token", help="token the admin API requires (needed off loopback)")
     mock.add_argument("--journal-size", type=int, default=1000, help="requests the journal keeps (default 1000)")
+    capture_cli.add_mock_host_options(mock)
     mock.set_defaults(func=mock_host)
     saf_cli.add_parser(commands)
+    capture_cli.register(commands)
     if importlib.util.find_spec("geviso.bench") is not None:
         commands.add_parser("bench", help="measure throughput and latency (geviso bench --help)", add_help=False)
     return parser
@@ -147,6 +149,7 @@ def _host_options(args: argparse.Namespace) -> dict[str, Any]:
         "echo_interval": args.echo_interval,
         "seed": args.seed,
         "journal_size": args.journal_size,
+        **capture_cli.host_options(args),
     }
 
 

@@ -113,6 +113,8 @@ class AdminError(GevisoError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+class CaptureError(GevisoError, ValueError):
+    """A capture (or a packet capture to import) cannot be read, written or used."""
 
 
 class PoolError(GevisoError):
@@ -147,6 +149,7 @@ class StoreRefused(StoreError, ConfigurationError):
 
 __all__ = [
     "AdminError",
+    "CaptureError",
     "ConfigurationError",
     "ConnectErrors",
     "ConnectFailed",

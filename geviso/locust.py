@@ -12,7 +12,6 @@ its links once, shared by its users, signs them on and closes them at ``test_sto
 
 from __future__ import annotations
 
-import datetime
 import logging
 import random
 import sys
@@ -35,6 +34,7 @@ from .framing import BY_NAME as FRAMINGS
 from .framing import Framing, by_name
 from .mockhost import APPROVAL_CODES, MockHost, load_rules
 from .pool import Pool
+from .rrn import RrnGenerator
 from .rules import RuleSet
 from .rules import parse as parse_rules
 from .specs import by_name as spec_by_name
@@ -110,24 +110,6 @@ def original_data(mti: str, stan: str, transmitted: str, acquirer: str = "", for
     """Field 90 of a reversal or completion: the original MTI, STAN, field 7, and the
     acquiring and forwarding institution ids, each zero-padded to 11 digits (42 in all)."""
     return f"{mti}{stan}{transmitted}{acquirer:0>11}{forwarder:0>11}"
-
-
-class RrnGenerator:
-    """Retrieval reference numbers (field 37, 12 characters): ``YDDD`` (last digit of the
-    year and day of the year, UTC), one node digit (the Locust worker index) and a
-    7-digit counter. Unique per node for ten million references a day."""
-
-    __slots__ = ("node", "_next")
-
-    def __init__(self, node: int = 0, start: int = 0) -> None:
-        self.node = node % 10
-        self._next = start
-
-    def next(self, now: Optional[datetime.datetime] = None) -> str:
-        """The next RRN: year digit, day of year, node digit and a 7-digit counter."""
-        now = now or datetime.datetime.now(datetime.timezone.utc)
-        value, self._next = self._next, (self._next + 1) % 10_000_000
-        return f"{now.year % 10}{now.timetuple().tm_yday:03d}{self.node}{value:07d}"
 
 
 # -- settings ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import gevent
 import gevent.pool
 from iso8583.specs import default as default_spec
 
-from . import masking
+from . import masking, proxy
 from . import rules as rules_mod
 from .adminclient import AdminClient
 from .codec import Spec, is_response, response_mti, transmission_datetime
@@ -169,8 +169,11 @@ class MockHost(MockControl, Server):
     ``network_codes`` maps field 70 values to field 39 (unknown ones get
     ``response_code``). With ``echo_interval`` the host sends 0800/301 to every client
     that often, each waiting ``echo_timeout`` for the 0810. ``seed`` makes random delays
-    repeatable. The journal keeps the newest ``journal_size`` requests (0: none). Other
-    keywords go to :class:`~geviso.Server`.
+    repeatable. The journal keeps the newest ``journal_size`` requests (0: none).
+    ``proxy_to`` and ``record`` make it a recording proxy in front of a real
+    host (:mod:`geviso.proxy`); ``playback`` (with ``match``) answers from a capture
+    first (:mod:`geviso.playback`); ``front`` is any such :class:`~geviso.proxy.Front`.
+    Other keywords go to :class:`~geviso.Server`.
     """
 
     def __init__(
@@ -187,6 +190,14 @@ class MockHost(MockControl, Server):
         echo_timeout: float = 5.0,
         seed: Optional[int] = None,
         journal_size: int = DEFAULT_SIZE,
+        proxy_to: Optional[Address] = None,
+        record: Optional[Union[str, os.PathLike[str]]] = None,
+        record_card_data: bool = False,
+        proxy_tls: Optional[Any] = None,
+        playback: Optional[Any] = None,
+        match: Optional[Iterable[str]] = None,
+        playback_latency: bool = False,
+        front: Optional[proxy.Front] = None,
         **server_options: Any,
     ) -> None:
         if "on_inbound" in server_options:
@@ -219,6 +230,10 @@ class MockHost(MockControl, Server):
         self._echo_loop: Optional[gevent.Greenlet] = None
         self._echoing: set[Connection] = set()
         self._attempts: OrderedDict[Hashable, int] = OrderedDict()  # for drop_first rules
+        self.front = front or proxy.front_for(
+            proxy_to=proxy_to, record=record, record_card_data=record_card_data, proxy_tls=proxy_tls,
+            playback=playback, match=match, playback_latency=playback_latency,
+        )
 
     @property
     def pending(self) -> int:
@@ -238,6 +253,8 @@ class MockHost(MockControl, Server):
         if journal is not None:
             link = self._link_ids.get(conn)
             entry = journal.record(doc, link=link[0], peer=link[1]) if link else journal.record(doc)
+        if self.front is not None and self.front.answer(conn, doc):
+            return
         if rule_set.rules:  # nothing to check per request when there are no rules
             rule = rule_set.match(doc, self.scenarios.states)
             if rule is not None:
@@ -340,6 +357,8 @@ class MockHost(MockControl, Server):
     # -- echoes to the clients ------------------------------------------------------------
     def start(self) -> None:
         """Start accepting, and the echo timer when ``echo_interval`` is set."""
+        if self.front is not None and not self.started:
+            self.front.start(self)
         super().start()
         if self.echo_interval is not None and self._echo_loop is None:
             self._echo_loop = gevent.spawn(self._echo_every, self.echo_interval)
@@ -378,6 +397,8 @@ class MockHost(MockControl, Server):
         self._late.kill(block=False)
         self._delayed.join(timeout=max(0.0, deadline - time.monotonic()))
         self._delayed.kill(block=False)
+        if self.front is not None:
+            self.front.stop(deadline)
 
     @property
     def rules(self) -> RuleSet:
