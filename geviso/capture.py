@@ -369,6 +369,7 @@ class CaptureReader:
                 yield parse_exchange(line, f"capture {self.path} line {number}")
 
     def close(self) -> None:
+        """Close the file."""
         self._fh.close()
 
     def __enter__(self) -> CaptureReader:

@@ -76,10 +76,12 @@ class ImportReport:
     errors: list[str] = field(default_factory=list)  # the first few problems, in words
 
     def note(self, text: str) -> None:
+        """Keep ``text`` among the first problems shown."""
         if len(self.errors) < 10:
             self.errors.append(text)
 
     def as_dict(self) -> dict[str, Any]:
+        """Plain data (JSON)."""
         return dict(self.__dict__)
 
     def summary(self) -> str:

@@ -87,6 +87,7 @@ class ReplayResult:
         return self.answered / self.seconds if self.seconds > 0 else 0.0
 
     def quantile_ms(self, q: float) -> float:
+        """The ``q`` quantile of the latencies, in milliseconds."""
         ordered = sorted(self.latencies)
         if not ordered:
             return 0.0
