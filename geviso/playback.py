@@ -1,8 +1,9 @@
 """Play a capture back: answer each request as the real host answered the recorded
 request that matches it (the mock host's ``playback=``).
 
-A request matches a recorded request with the same MTI and the same values in the
-``match`` fields (default 2, 3, 4 and 41; a field missing from both matches). When
+A request matches a recorded request with the same MTI, the same network management
+code (field 70) and the same values in the ``match`` fields (default 2, 3, 4 and 41; a
+field missing from both matches). When
 several recorded requests match, their answers are given in recorded order, round and
 round. The answer is the recorded one with the request's echoed fields (STAN, dates,
 RRN, terminal... the mock host's ``echo_fields``) and a fresh field 7 (and 12, 13) when
@@ -81,7 +82,7 @@ class Playback:
         values = {name: request[name] for name in self.match if name in request}
         if spec is not None and self.header.masked:
             values = capture_mod.mask_message(values, spec)
-        return (request.get("t", ""), *(values.get(name) for name in self.match))
+        return (request.get("t", ""), request.get("70"), *(values.get(name) for name in self.match))
 
     def find(self, request: Mapping[str, str], spec: Optional[Spec] = None) -> Optional[capture_mod.Exchange]:
         """The recorded exchange to answer ``request`` with, or None."""

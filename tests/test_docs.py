@@ -139,7 +139,10 @@ def help_text(*command: str) -> str:
 @cache
 def iso_options_help() -> str:
     """The help of the ``--iso-*`` options geviso.locust adds to Locust's command line."""
-    code = "import argparse, geviso.locust as m; p = argparse.ArgumentParser(); m._add_options(p); p.print_help()"
+    code = (
+        "import argparse, geviso.locust as m, geviso.locust_replay as r; p = argparse.ArgumentParser(); "
+        "m._add_options(p); r._add_options(p); p.print_help()"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -169,7 +172,8 @@ def check_command(command: str, where: str) -> None:
         options = [w.split("=", 1)[0] for w in words if w.startswith("--")]
         if program == "geviso" and len(words) > 1 and not words[1].startswith("-"):
             text = help_text(str(BIN / "geviso"), words[1])
-            if len(words) > 2 and re.match(r"^[a-z][\w-]*$", words[2]) and words[1] == "saf":  # saf ACTION
+            # saf ACTION, capture ACTION: the action has options of its own
+            if len(words) > 2 and re.match(r"^[a-z][\w-]*$", words[2]) and words[1] in ("saf", "capture"):
                 text += help_text(str(BIN / "geviso"), words[1], words[2])
         elif program == "locust":
             text = help_text(str(BIN / "locust")) + iso_options_help()
