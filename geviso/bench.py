@@ -26,6 +26,12 @@ Workloads (``--workload``, comma-separated; default all but ``memory``):
     each ``--concurrency``, forwards per second, put-to-acknowledgement latency, and
     the p99 of 10 closed-loop senders alone and beside a store and forward doing 1,000
     messages a second. Not part of ``all``.
+``replay``
+    ``geviso replay --speed max`` at each ``--concurrency``: a capture of 0200s (the
+    ``closed-loop`` request, with the answers the mock host gives) replayed against the
+    same mock host process, with fresh STANs, RRNs and dates and every answer compared
+    with the recorded one; the summary gives its rate as a share of ``closed-loop``'s.
+    Not part of ``all``.
 ``memory``
     1,000,000 messages against 10,000 (``--messages``): RSS, greenlets, pending
     requests and buffers must not grow. Long; not part of ``all``.
@@ -71,7 +77,7 @@ from .stan import StanGenerator
 if TYPE_CHECKING:
     from .mockhost import MockHost
 
-WORKLOADS = ("burst", "closed-loop", "codec", "transport", "memory", "saf")
+WORKLOADS = ("burst", "closed-loop", "codec", "transport", "replay", "memory", "saf")
 DEFAULT_WORKLOADS = ("burst", "closed-loop", "codec", "transport")
 #: Seconds to wait for a helper process (mock host, echo server) to announce its port.
 START_TIMEOUT = 30.0
@@ -398,6 +404,41 @@ def run_closed_loop(address: tuple[str, int], spec: Spec, framing_name: str, con
         extra["host_cpu"] = round((host1 - host0) / seconds, 2)
     return Result("closed-loop", f"C={concurrency}", total, seconds, latencies, outcome["matched"],
                   outcome["failed"], **extra)
+
+
+def replay_capture(messages: int, started: float = 1_796_600_000.0) -> list[Any]:
+    """``messages`` exchanges of the ``closed-loop`` 0200 and the answer the mock host
+    gives it (field 39 ``00``), 1 ms apart, as a recorded capture holds them."""
+    from .capture import Exchange
+
+    exchanges = []
+    for seq in range(1, messages + 1):
+        request = {**REQUEST_0200, "11": "%06d" % (seq % 999_999 + 1), "37": "%012d" % seq}
+        exchanges.append(Exchange(time=started + seq / 1000.0, request=request, answer=answer_of(request),
+                                  latency_ms=0.1, link="127.0.0.1:40000", framing="binary2"))
+    return exchanges
+
+
+def run_replay(address: tuple[str, int], spec: Spec, framing_name: str, concurrency: int, messages: int,
+               host_pid: Optional[int] = None) -> Result:
+    """``geviso replay --speed max --concurrency N`` of :func:`replay_capture` on one link."""
+    from .replay import Replayer
+
+    exchanges = replay_capture(messages)
+    replayer = Replayer(address, spec, framing=framing_by_name(framing_name), concurrency=concurrency, speed=None,
+                        timeout=SEND_TIMEOUT)
+    replayer.run(replay_capture(200))  # warm up
+    gc.collect()
+    cpu0, host0 = _cpu_seconds(), _cpu_seconds(host_pid) if host_pid else None
+    result = replayer.run(exchanges)
+    cpu1, host1 = _cpu_seconds(), _cpu_seconds(host_pid) if host_pid else None
+    extra: dict[str, Any] = {"concurrency": concurrency, "differ": result.diff.differ}
+    if cpu0 is not None and cpu1 is not None and result.seconds:
+        extra["client_cpu"] = round((cpu1 - cpu0) / result.seconds, 2)
+    if host0 is not None and host1 is not None and result.seconds:
+        extra["host_cpu"] = round((host1 - host0) / result.seconds, 2)
+    return Result("replay", f"C={concurrency}", len(exchanges), result.seconds, result.latencies,
+                  result.diff.same, result.failed, **extra)
 
 
 def run_codec(spec: Spec, messages: int) -> list[Result]:
@@ -749,6 +790,11 @@ def run(args: argparse.Namespace, spec: Spec, report: Callable[[Result], None]) 
             with _maybe(external, lambda: mock_host_process(args.spec, args.framing)) as (address, pid):
                 for level in levels:
                     keep(_repeat(args.repeat, run_closed_loop, address, spec, args.framing, level, count, pid))
+        elif workload == "replay":
+            count = args.messages or 20_000
+            with _maybe(external, lambda: mock_host_process(args.spec, args.framing)) as (address, pid):
+                for level in levels:
+                    keep(_repeat(args.repeat, run_replay, address, spec, args.framing, level, count, pid))
         elif workload == "codec":
             count = args.messages or 20_000
             for result in run_codec(spec, count):
@@ -806,6 +852,13 @@ def summary(results: Sequence[Result], codec_cost_ns: Optional[float] = None) ->
             alone = g100k.ns_per_msg / g1k.ns_per_msg
             lines.append(f"burst 100,000 less a raw greenlet per send (the harness, {g1k.ns_per_msg:,.0f} and "
                          f"{g100k.ns_per_msg:,.0f} ns each, itself {alone:.2f} x): geviso's part {own:.2f} x")
+    for result in results:
+        loop = by_label.get(("closed-loop", result.label)) if result.workload == "replay" else None
+        if loop is not None and loop.rate:
+            share = result.rate / loop.rate
+            verdict = "meets" if share >= 0.8 else "misses"
+            lines.append(f"replay --speed max {result.label}: {result.rate:,.0f} round trips/s = {share:.0%} of "
+                         f"closed-loop's {loop.rate:,.0f} ({verdict} the 80% target)")
     codec = {r.label: r.ns_per_msg for r in results if r.workload == "codec"}
     parts = ("encode 0200/15 compiled", "decode 0200/15 compiled")
     if codec_cost_ns is None and all(p in codec for p in parts):

@@ -126,14 +126,22 @@ def _filler(spec: Spec, name: str, value: str) -> str:
     return ("0" if binary else "*") * len(value)
 
 
+#: Values shorter than this hold nothing :func:`geviso.masking.mask_text` masks (its
+#: shortest pattern, track data, needs 12 digits and a separator).
+_SHORTEST_MASKED = 13
+
+
 def mask_message(doc: Mapping[str, str], spec: Spec) -> Message:
     """``doc`` with no card data, every value the same length as before so the masked
     message still encodes: PANs as :func:`geviso.masking.mask_pan` shows them (zeros for
     the hidden digits in a binary field), secret fields filled, and free text that
     :func:`geviso.masking.mask_text` would change filled too."""
     out: Message = {}
+    secret, pans = masking.SECRET_FIELDS, masking.PAN_FIELDS
     for name, value in doc.items():
-        if not isinstance(value, str) or name in ("t", *BITMAPS):
+        if len(value) < _SHORTEST_MASKED and name not in secret and name not in pans:
+            out[name] = value  # the MTI, codes, amounts, dates...
+        elif not isinstance(value, str) or name in ("t", *BITMAPS):
             out[name] = value
         elif name in masking.SECRET_FIELDS:
             out[name] = _filler(spec, name, value)

@@ -35,6 +35,9 @@ from .keys import mti_pair
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+#: Segments held before a stream whose start (SYN) the capture missed begins at the
+#: earliest of them: its first segments may come out of order too.
+MID_STREAM_HOLD = 8
 #: Bytes held out of order per stream direction before the missing bytes are given up
 #: (a packet the capture lost): the stream restarts after the gap, counted.
 MAX_OUT_OF_ORDER = 4 * 1024 * 1024
@@ -158,10 +161,11 @@ def _address(ip: Any, raw: bytes) -> str:
 class _Direction:
     """One direction of a TCP stream: segments put in order, frames split out."""
 
-    __slots__ = ("next_seq", "held", "held_bytes", "decoder", "broken")
+    __slots__ = ("next_seq", "base", "held", "held_bytes", "decoder", "broken")
 
     def __init__(self, framing: Framing) -> None:
         self.next_seq: Optional[int] = None  # the stream offset of the next byte wanted (unwrapped)
+        self.base = 0  # before next_seq is known: the first sequence number seen
         self.held: dict[int, bytes] = {}  # out-of-order segments by offset
         self.held_bytes = 0
         self.decoder: FrameDecoder = framing.decoder()
@@ -186,8 +190,8 @@ class _Direction:
             seq = (seq + 1) & 0xFFFFFFFF
         if not payload:
             return []
-        if self.next_seq is None:  # the capture began mid-stream: start here
-            self.next_seq = seq
+        if self.next_seq is None:  # the capture began mid-stream: start at the earliest of the first few
+            return self._mid_stream(seq, payload, report)
         offset = self._unwrap(seq)
         out: list[bytes] = []
         if offset > self.next_seq:
@@ -202,6 +206,25 @@ class _Direction:
         self._take(offset, payload, out, report)
         out.extend(self._drain(report))
         return out
+
+    def _mid_stream(self, seq: int, payload: bytes, report: ImportReport) -> list[bytes]:
+        if not self.held:
+            self.base = seq
+        delta = (seq - self.base) & 0xFFFFFFFF
+        offset = self.base + (delta - 0x100000000 if delta >= 0x80000000 else delta)
+        if len(self.held.get(offset, b"")) < len(payload):
+            self.held_bytes += len(payload) - len(self.held.get(offset, b""))
+            self.held[offset] = payload
+        if len(self.held) < MID_STREAM_HOLD:
+            return []
+        return self.start_held(report)
+
+    def start_held(self, report: ImportReport) -> list[bytes]:
+        """Begin a stream whose SYN was not captured at its earliest held segment."""
+        if self.next_seq is not None or not self.held:
+            return []
+        self.next_seq = min(self.held)
+        return self._drain(report)
 
     def _take(self, offset: int, payload: bytes, out: list[bytes], report: ImportReport) -> None:
         assert self.next_seq is not None
@@ -241,7 +264,7 @@ class _Direction:
 
     def finish(self, report: ImportReport) -> list[bytes]:
         """At the end of the file: whatever is held after a gap."""
-        out: list[bytes] = []
+        out = self.start_held(report)
         while self.held:
             self._skip_gap(report)
             out.extend(self._drain(report))
@@ -272,7 +295,7 @@ class Importer:
         self.codec = codec_for(spec)
         self.report = report if report is not None else ImportReport()
         self.last_time = 0.0
-        self.streams: dict[tuple[str, int, str], _Stream] = {}
+        self.streams: dict[tuple[bytes, int, bytes], _Stream] = {}
 
     def packet(self, when: float, data: bytes, linktype: int) -> None:
         """Take one captured packet."""
@@ -298,10 +321,10 @@ class Importer:
             report.other_ports += 1
             return
         report.tcp_packets += 1
-        key = (_address(ip, client), client_port, _address(ip, host))
+        key = (client, client_port, host)
         stream = self.streams.get(key)
         if stream is None:
-            stream = self.streams[key] = _Stream(f"{key[0]}:{key[1]}", self.framing)
+            stream = self.streams[key] = _Stream(f"{_address(ip, client)}:{client_port}", self.framing)
             report.streams += 1
         direction = stream.up if upward else stream.down
         syn = bool(tcp.flags & dpkt.tcp.TH_SYN)

@@ -114,3 +114,11 @@ def test_bad_options_are_refused(capsys):
         bench.main(["--workload", "nope"])
     with pytest.raises(SystemExit):
         bench.main(["--concurrency", "0"])
+
+
+def test_replay_replays_a_capture_at_full_speed_and_compares_it_with_closed_loop(capsys):
+    report = run_json(capsys, "--workload", "closed-loop,replay", "--messages", "300", "--concurrency", "5")
+    check_all_matched(report["results"], "replay", 1)
+    (replayed,) = [r for r in report["results"] if r["workload"] == "replay"]
+    assert replayed["differ"] == 0 and replayed["messages"] == 300
+    assert any(line.startswith("replay --speed max C=5: ") and "of closed-loop's" in line for line in report["summary"])
