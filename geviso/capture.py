@@ -115,7 +115,10 @@ def _now_text() -> str:
 
 def fields_of(doc: Mapping[str, str]) -> Message:
     """A decoded message as a capture stores it: without its bitmaps."""
-    return {k: v for k, v in doc.items() if k not in BITMAPS}
+    out = dict(doc)
+    for name in BITMAPS:
+        out.pop(name, None)
+    return out
 
 
 # -- masking ---------------------------------------------------------------------------------
@@ -136,22 +139,21 @@ def mask_message(doc: Mapping[str, str], spec: Spec) -> Message:
     message still encodes: PANs as :func:`geviso.masking.mask_pan` shows them (zeros for
     the hidden digits in a binary field), secret fields filled, and free text that
     :func:`geviso.masking.mask_text` would change filled too."""
-    out: Message = {}
-    secret, pans = masking.SECRET_FIELDS, masking.PAN_FIELDS
+    out = dict(doc)
     for name, value in doc.items():
-        if len(value) < _SHORTEST_MASKED and name not in secret and name not in pans:
-            out[name] = value  # the MTI, codes, amounts, dates...
-        elif not isinstance(value, str) or name in ("t", *BITMAPS):
-            out[name] = value
-        elif name in masking.SECRET_FIELDS:
+        if name in masking.SECRET_FIELDS:
             out[name] = _filler(spec, name, value)
         elif name in masking.PAN_FIELDS:
             shown = masking.mask_pan(value)
             out[name] = shown.replace("*", "0") if spec.get(name, {}).get("data_enc") == "b" else shown
-        else:
+        elif len(value) >= _SHORTEST_MASKED and name not in _NEVER_MASKED:
             shown = masking.mask_text(value)
-            out[name] = value if shown == value else _filler(spec, name, value)
+            if shown != value:
+                out[name] = _filler(spec, name, value)
     return out
+
+
+_NEVER_MASKED = frozenset(("t", *BITMAPS))
 
 
 def encoded_hex(codec: Codec, doc: Mapping[str, str]) -> Optional[str]:

@@ -1,12 +1,14 @@
 """Import a packet capture (tcpdump's pcap, or pcapng) as a geviso capture.
 
-Needs dpkt (``pip install 'geviso[capture]'``), which parses the link, IP and TCP
-layers. Every TCP stream to or from the card host's ``port`` is reassembled in both
-directions (segments put in sequence order, retransmitted and overlapping bytes taken
-once), split into frames by the link's framing and decoded with the spec; requests are
-paired with their answers by key (MTI pair and STAN, as a link does) within their
-stream. Exchanges are written as their answers arrive; requests never answered in the
-capture are written at the end with no answer.
+Needs dpkt (``pip install 'geviso[capture]'``), which reads pcapng files and parses
+the link, IP and TCP layers (plain Ethernet/IPv4 frames, most of any capture, are
+sliced by :func:`plain_segment` instead, for speed). Every TCP stream to or from the
+card host's ``port`` is reassembled in both directions (segments put in sequence
+order, retransmitted and overlapping bytes taken once), split into frames by the
+link's framing and decoded with the spec; requests are paired with their answers by
+key (MTI pair and STAN, as a link does) within their stream. Exchanges are written as
+their answers arrive; requests never answered in the capture are written at the end
+with no answer.
 
 Nothing is dropped silently: packets that are not TCP/IP, on other ports, or cut
 short, frames that do not decode, streams whose framing breaks and answers that match
@@ -150,10 +152,46 @@ def _ip_of(data: bytes, linktype: int) -> Any:
     return packet if isinstance(packet, (dpkt.ip.IP, dpkt.ip6.IP6)) else None
 
 
-def _address(ip: Any, raw: bytes) -> str:
+#: ``(source, destination, source port, destination port, sequence, flags, payload)``
+Segment = tuple[bytes, bytes, int, int, int, int, bytes]
+_ETHERNET_IPV4 = b"\x08\x00"
+_IPV4_TCP = struct.Struct(">BxH2xHxB2x4s4s")
+_TCP = struct.Struct(">HHI4xBB")
+
+
+def plain_segment(data: bytes) -> Optional[Segment]:
+    """The TCP segment in an Ethernet frame of plain IPv4 (no VLAN tag, not a fragment),
+    sliced with ``struct``; None for anything else, which :func:`dpkt_segment` parses.
+    Most captured packets are plain, and this is some 30 times faster than dpkt for them
+    (the results are the same: see the tests)."""
+    if data[12:14] != _ETHERNET_IPV4 or len(data) < 54:
+        return None
+    version_ihl, total, fragment, proto, src, dst = _IPV4_TCP.unpack_from(data, 14)
+    if version_ihl >> 4 != 4 or proto != 6 or fragment & 0x3FFF or total > len(data) - 14:
+        return None
+    ihl = (version_ihl & 0x0F) * 4
+    if ihl < 20 or ihl + 20 > total:
+        return None
+    sport, dport, seq, offset, flags = _TCP.unpack_from(data, 14 + ihl)
+    start = 14 + ihl + (offset >> 4) * 4
+    if (offset >> 4) < 5 or start > 14 + total:
+        return None
+    return src, dst, sport, dport, seq, flags, data[start : 14 + total]
+
+
+def dpkt_segment(data: bytes, linktype: int) -> Optional[Segment]:
+    """The TCP segment in a link-layer frame, parsed by dpkt; None if it holds none."""
+    ip = _ip_of(data, linktype)
+    if ip is None or not isinstance(ip.data, dpkt.tcp.TCP):
+        return None
+    tcp = ip.data
+    return ip.src, ip.dst, tcp.sport, tcp.dport, tcp.seq, tcp.flags, bytes(tcp.data)
+
+
+def _address(raw: bytes) -> str:
     import socket
 
-    if isinstance(ip, dpkt.ip6.IP6):
+    if len(raw) == 16:
         return "[" + socket.inet_ntop(socket.AF_INET6, raw) + "]"
     return socket.inet_ntop(socket.AF_INET, raw)
 
@@ -304,19 +342,21 @@ class Importer:
         self.last_time = when
         if linktype not in LINK_TYPES:
             raise CaptureError(f"link type {linktype} is not supported (Ethernet, raw IP, loopback, Linux cooked)")
-        try:
-            ip = _ip_of(data, linktype)
-        except (dpkt.dpkt.Error, struct.error, ValueError, IndexError):
-            report.unreadable += 1
-            return
-        if ip is None or not isinstance(ip.data, dpkt.tcp.TCP):
-            report.not_tcp += 1
-            return
-        tcp = ip.data
-        if tcp.dport == self.port:
-            client, client_port, host, upward = ip.src, tcp.sport, ip.dst, True
-        elif tcp.sport == self.port:
-            client, client_port, host, upward = ip.dst, tcp.dport, ip.src, False
+        segment = plain_segment(data) if linktype == DLT_EN10MB else None
+        if segment is None:
+            try:
+                segment = dpkt_segment(data, linktype)
+            except (dpkt.dpkt.Error, struct.error, ValueError, IndexError):
+                report.unreadable += 1
+                return
+            if segment is None:
+                report.not_tcp += 1
+                return
+        src, dst, sport, dport, seq, flags, payload = segment
+        if dport == self.port:
+            client, client_port, host, upward = src, sport, dst, True
+        elif sport == self.port:
+            client, client_port, host, upward = dst, dport, src, False
         else:
             report.other_ports += 1
             return
@@ -324,12 +364,10 @@ class Importer:
         key = (client, client_port, host)
         stream = self.streams.get(key)
         if stream is None:
-            stream = self.streams[key] = _Stream(f"{_address(ip, client)}:{client_port}", self.framing)
+            stream = self.streams[key] = _Stream(f"{_address(client)}:{client_port}", self.framing)
             report.streams += 1
         direction = stream.up if upward else stream.down
-        syn = bool(tcp.flags & dpkt.tcp.TH_SYN)
-        payload = bytes(tcp.data)
-        for chunk in direction.segment(tcp.seq, payload, syn, report):
+        for chunk in direction.segment(seq, payload, bool(flags & dpkt.tcp.TH_SYN), report):
             self._bytes(stream, direction, chunk, when)
 
     def _bytes(self, stream: _Stream, direction: _Direction, chunk: bytes, when: float) -> None:

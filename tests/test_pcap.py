@@ -11,6 +11,8 @@ from typing import Any
 
 import dpkt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from iso8583.specs import default as spec
 from test_capture import PAN, hosts, record  # noqa: F401 - the fixture
 from test_capture_cli import geviso_cli, one_error_line
@@ -197,3 +199,31 @@ def test_bad_files_give_one_clear_line_or_a_counted_truncation(tmp_path: Path) -
     user = tmp_path / "user.pcap"
     write_pcap(user, [(1.0, b"private")], linktype=147)  # a user link type
     one_error_line(geviso_cli("capture", "import", str(user), *args), 2, "link type 147 is not supported")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    payload=st.binary(max_size=80),
+    options=st.sampled_from([b"", b"\x01\x01\x01\x01", b"\x02\x04\x05\xb4\x01\x01\x04\x02"]),
+    ip_options=st.sampled_from([b"", b"\x01\x01\x01\x00"]),
+    seq=st.integers(0, 2**32 - 1),
+    flags=st.integers(0, 0x3F),
+    fragment=st.sampled_from([0, 0x2000, 0x0010]),
+    padding=st.sampled_from([b"", b"\x00" * 6]),
+)
+def test_the_plain_frame_shortcut_reads_what_dpkt_reads(payload: bytes, options: bytes, ip_options: bytes, seq: int,
+                                                         flags: int, fragment: int, padding: bytes) -> None:
+    tcp = dpkt.tcp.TCP(sport=40000, dport=HOST_PORT, seq=seq, flags=flags, opts=options, data=payload)
+    tcp.off = (20 + len(options)) // 4
+    ip = dpkt.ip.IP(src=socket.inet_aton("10.0.0.2"), dst=socket.inet_aton(SERVER), p=dpkt.ip.IP_PROTO_TCP,
+                    opts=ip_options, data=tcp)
+    ip.hl = (20 + len(ip_options)) // 4
+    ip.len = len(ip)
+    frame = bytes(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=ip)) + padding
+    frame = frame[:20] + fragment.to_bytes(2, "big") + frame[22:]  # the IP header's flags and offset
+    fast = pcap.plain_segment(frame)
+    slow = pcap.dpkt_segment(frame, dpkt.pcap.DLT_EN10MB)
+    assert fast is None or fast == slow
+    assert (fast is None) == bool(fragment & 0x3FFF)  # only fragments are left to dpkt here
+    vlan = frame[:12] + b"\x81\x00\x00\x07" + frame[12:]
+    assert pcap.plain_segment(vlan) is None and pcap.dpkt_segment(vlan, dpkt.pcap.DLT_EN10MB) == slow
