@@ -77,6 +77,8 @@ DEFAULTS: dict[str, Any] = {
     "iso_max_p99_ms": None,
     "iso_mock_rules": None,
     "iso_mock_bind": "127.0.0.1",
+    "iso_mock_admin": None,
+    "iso_mock_admin_token": None,
 }
 
 
@@ -554,6 +556,7 @@ class ISO8583User(User):
 
 # -- the embedded mock host -------------------------------------------------------------
 _mock_hosts: weakref.WeakKeyDictionary[Environment, MockHost] = weakref.WeakKeyDictionary()
+_mock_admins: weakref.WeakKeyDictionary[Environment, Any] = weakref.WeakKeyDictionary()
 
 
 def mock_rules_of(user_classes: Iterable[type[User]]) -> list[Mapping[str, Any]]:
@@ -612,6 +615,9 @@ def stop_mock_host(environment: Environment, *, drain: float = 3.0) -> None:
     Waits up to ``drain`` seconds for the clients to close their links first, so the
     host reads every request they wrote before closing (nothing is lost at the end).
     """
+    admin = _mock_admins.pop(environment, None)
+    if admin is not None:
+        admin.stop()
     host = _mock_hosts.pop(environment, None)
     if host is None:
         return
@@ -701,6 +707,12 @@ def _add_options(parser: Any, **_: Any) -> None:
         default=DEFAULTS["iso_mock_bind"],
         help="address the embedded mock host listens on (default 127.0.0.1)",
     )
+    group.add_argument(
+        "--iso-mock-admin",
+        metavar="HOST:PORT",
+        help="serve the embedded mock host's admin API and live page there (default: off)",
+    )
+    group.add_argument("--iso-mock-admin-token", help="token the admin API requires (needed off loopback)")
 
 
 def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
@@ -711,12 +723,40 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
         return
     if not any(issubclass(cls, ISO8583User) for cls in environment.user_classes):
         return
+    admin_address = option(environment, "iso_mock_admin")
     if environment.host:
+        if admin_address:
+            raise errors.ConfigurationError("--iso-mock-admin serves the embedded mock host: give no --host")
         Settings.from_environment(environment, environment.host)
         return
+    if admin_address:
+        from .admin import check_exposure
+
+        check_exposure(admin_address, option(environment, "iso_mock_admin_token"))  # before anything listens
     host = start_mock_host(environment, bind=option(environment, "iso_mock_bind"))
     h, p = host.address
     print(f"geviso: embedded mock host listening on tcp://{h}:{p}", file=sys.stderr, flush=True)
+    if admin_address:
+        url = start_mock_admin(environment, admin_address, token=option(environment, "iso_mock_admin_token"))
+        print(f"geviso: embedded mock host admin on {url}", file=sys.stderr, flush=True)
+
+
+def mock_admin(environment: Environment) -> Any:
+    """The embedded mock host's :class:`~geviso.admin.AdminServer` in this run, or None."""
+    return _mock_admins.get(environment)
+
+
+def start_mock_admin(environment: Environment, address: str, *, token: Optional[str] = None) -> str:
+    """Serve the embedded mock host's admin API and live page on ``address`` for the run
+    (stopped with the host); returns its URL."""
+    from .admin import AdminServer
+
+    host = _mock_hosts.get(environment)
+    if host is None:
+        raise errors.ConfigurationError("no embedded mock host in this run")
+    admin = AdminServer(host, address, token=token).start()
+    _mock_admins[environment] = admin
+    return admin.url
 
 
 def _on_quitting(environment: Environment, **_: Any) -> None:

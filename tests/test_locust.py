@@ -289,6 +289,32 @@ def test_bad_options_stop_locust_at_init() -> None:
             gl._on_init(env, env.create_local_runner())
 
 
+def test_iso_mock_admin_serves_the_embedded_hosts_admin_api_during_the_run() -> None:
+    from geviso.mockhost import AdminClient
+
+    options = Namespace(iso_mock_admin="127.0.0.1:0")
+    env = Environment(user_classes=[LenientUser], events=Events(), parsed_options=options, stop_timeout=2.0)
+    runner = env.create_local_runner()
+    gl._on_init(env, runner)
+    try:
+        admin = AdminClient(gl.mock_admin(env).url)
+        admin.add_rule({"name": "sales declined", "match": {"mti": "0200"}, "code": "05"}, at=0)
+        runner.start(2, spawn_rate=1000)
+        gevent.sleep(1.0)
+        runner.quit()
+        sales = admin.count({"mti": "0200"})
+        assert sales > 0 and admin.rules()[0]["hits"] == sales
+        assert admin.stats()["codes"]["05"] == sales
+    finally:
+        gl.stop_mock_host(env)
+    assert gl.mock_admin(env) is None
+    for options, host in ((Namespace(iso_mock_admin="0.0.0.0:0"), None), (options, "tcp://127.0.0.1:1")):
+        env = Environment(user_classes=[LenientUser], events=Events(), parsed_options=options, host=host)
+        with pytest.raises(geviso.ConfigurationError):
+            gl._on_init(env, env.create_local_runner())
+        assert gl.mock_host(env) is None
+
+
 def test_thresholds_set_the_exit_code() -> None:
     env = Environment(events=Events(), parsed_options=Namespace(iso_max_failure_ratio=0.1, iso_max_p99_ms=500))
     env.create_local_runner()
