@@ -308,8 +308,8 @@ def test_iso_mock_admin_serves_the_embedded_hosts_admin_api_during_the_run() -> 
     finally:
         gl.stop_mock_host(env)
     assert gl.mock_admin(env) is None
-    for options, host in ((Namespace(iso_mock_admin="0.0.0.0:0"), None), (options, "tcp://127.0.0.1:1")):
-        env = Environment(user_classes=[LenientUser], events=Events(), parsed_options=options, host=host)
+    for bad, host in ((Namespace(iso_mock_admin="0.0.0.0:0"), None), (options, "tcp://127.0.0.1:1")):
+        env = Environment(user_classes=[LenientUser], events=Events(), parsed_options=bad, host=host)
         with pytest.raises(geviso.ConfigurationError):
             gl._on_init(env, env.create_local_runner())
         assert gl.mock_host(env) is None
