@@ -54,7 +54,9 @@ def _safe_text(verb: str, exc: Exception) -> str:
     where = f" in field {escape(field, ESCAPE_LIMIT)}" if field is not None else ""
     if pos is not None:
         where += f" at byte {pos}"
-    return f"cannot {verb} message{where}"
+    said = getattr(exc, "msg", None)  # pyiso8583's reason, without the document it carries
+    reason = f": {mask_text(escape(said, 200))}" if isinstance(said, str) else ""
+    return f"cannot {verb} message{where}{reason}"
 
 
 #: Keys a message may hold besides field numbers: MTI, header, and the bitmaps (rebuilt).

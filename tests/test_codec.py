@@ -59,3 +59,11 @@ def test_response_mti(mti, answer):
 def test_response_mti_refuses_garbage():
     with pytest.raises(ValueError):
         codec.response_mti("08")
+
+
+def test_decode_error_says_what_was_wrong_but_not_the_data():
+    raw = b"0110" + bytes.fromhex("6000000000000000") + b"16" + PAN.encode() + b"12"
+    with pytest.raises(errors.DecodeError) as info:
+        codec.codec_for(spec).decode(raw)
+    text = str(info.value)
+    assert "field 3" in text and "expecting 6" in text and PAN not in text
