@@ -1053,7 +1053,7 @@ class Connection:
         elif isinstance(exc, ssl.SSLError):
             reason = masking.escape(exc.reason or type(exc).__name__, masking.ESCAPE_LIMIT)
             closed_exc = ConnectionClosed(f"link failed: TLS error {reason}")
-            if self._nothing_read():
+            if "ALERT" in str(exc.reason) and self._nothing_read():
                 # A TLS 1.3 host refuses a client certificate after our half of the
                 # handshake: its alert comes before any answer, and it processed nothing.
                 taken = 0
