@@ -38,7 +38,7 @@ def mask_field(field: str, value: Any) -> Any:
     if field in PAN_FIELDS and isinstance(value, str):
         return mask_pan(value)
     if isinstance(value, str):
-        return mask_text(value)
+        return _mask_secrets(value)  # data, not a log line: not escaped (a repr escapes it)
     return value
 
 
@@ -50,12 +50,18 @@ def mask_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
 def mask_text(text: str) -> str:
     """Mask anything in free text that looks like a PAN (13 to 19 digits in a row),
     remove what looks like track data or a PIN block (e.g. a user's exception quoting a
-    message), and :func:`escape` the rest: the result is one line."""
+    message), and :func:`escape` the rest: the result is one line, fit for a log line
+    or an error text."""
+    return escape(_mask_secrets(text))
+
+
+def _mask_secrets(text: str) -> str:
+    """:func:`mask_text` without the escaping: for field values kept as data."""
     if len(text) < _SHORTEST_SECRET:  # most field values: nothing to look for
-        return escape(text)
+        return text
     text = _TRACK.sub("[track data]", text)
     text = _HEX_SECRET.sub("[redacted]", text)
-    return escape(_LONG_DIGITS.sub(lambda m: mask_pan(m.group(0)), text))
+    return _LONG_DIGITS.sub(lambda m: mask_pan(m.group(0)), text)
 
 
 #: How many characters of one peer-chosen value :func:`escape` shows by default.
