@@ -7,8 +7,8 @@ frames; the link failing at any byte; mixed per-call timeouts; a full write buff
 After every step: each send resolved at most once and only with its own answer (field
 37 is unique per send and echoed by the peer), no timeout early or later than its
 deadline plus a generous slack, ``.sent`` never False for a request the peer read, and
-once the link is closed nothing pending, queued or running. ``make test`` runs a few
-dozen sequences; ``make soak`` (marker ``slow``) runs 1,000 of 40 steps.
+once the link is closed nothing pending, queued or running. ``make test`` runs 100
+sequences of 30 steps; ``make soak`` (marker ``slow``) runs 1,000 of 40 steps.
 """
 
 from __future__ import annotations
