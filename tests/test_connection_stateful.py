@@ -28,7 +28,6 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -227,7 +226,6 @@ class LinkMachine(RuleBasedStateMachine):
     def peer_reads_again(self) -> None:
         self.peer_reading.set()
 
-    @precondition(lambda self: self.read_by_peer)
     @rule(index=st.integers(min_value=0))
     def stan_counter_comes_round(self, index: int) -> None:
         """The generator hands out a STAN it gave before (as after 999,999 sends)."""
