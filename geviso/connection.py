@@ -573,18 +573,30 @@ class Connection:
         ``keys.fields("41")``) and is in flight is a :class:`DuplicateKey` after one STAN.
         """
         pending, timed_out, stan = self._pending, self._timed_out, self.stan
+        msg["11"] = stan.next()
+        try:
+            candidate = self.key(msg)
+        except (KeyError, TypeError):
+            return _NO_KEY  # send() calls the key function again and reports it
+        if candidate not in pending and candidate not in timed_out:
+            return candidate  # the usual case, first time
+        return self._next_free_stan(msg, candidate)
+
+    def _next_free_stan(self, msg: dict[str, str], candidate: Hashable) -> Any:
+        """:meth:`_assign_stan` once its first STAN's key is taken."""
+        pending, timed_out, stan = self._pending, self._timed_out, self.stan
         # Each key in flight or timed out rules out at most one STAN (if keys differ by STAN).
         for _ in range(min(len(pending) + len(timed_out) + 1, MAX_STAN)):
-            msg["11"] = stan.next()
-            try:
-                candidate = self.key(msg)
-            except (KeyError, TypeError):
-                return _NO_KEY  # send() calls the key function again and reports it
             if candidate not in pending:
                 if candidate not in timed_out or not self._key_follows_stan(msg, candidate):
                     return candidate  # (no other STAN would give another key)
             elif not self._key_follows_stan(msg, candidate):
                 raise DuplicateKey(f"a request with key {masking.mask_text(str(candidate))} is already in flight")
+            msg["11"] = stan.next()
+            try:
+                candidate = self.key(msg)
+            except (KeyError, TypeError):
+                return _NO_KEY
         raise LocalProtocolError("no free STAN: every one is in flight or recently timed out")
 
     def _key_follows_stan(self, msg: dict[str, str], candidate: Hashable) -> bool:
@@ -611,7 +623,11 @@ class Connection:
     def _expire(self, pending: _Pending, timeout: float) -> None:
         """Time out a request still waiting: it raises :class:`SendTimeout`, a late
         response to it is counted as late."""
-        if pending.resolve(exc=SendTimeout(f"no response within {timeout:g}s")):
+        if not pending.seq:  # still waiting for room in the write buffer (see _enqueue)
+            error = SendTimeout(f"write buffer stayed full for {timeout:g}s: the peer is not reading")
+        else:
+            error = SendTimeout(f"no response within {timeout:g}s")
+        if pending.resolve(exc=error):
             self.stats.timeouts += 1
             if pending.seq:  # queued, so it may reach the peer: an answer may come late
                 self._remember_timeout(pending.key)
