@@ -6,6 +6,9 @@ SIGTERM stops gracefully, prints ``geviso mock-host stats: received=... codes=..
 exits 0. ``--workers N`` runs N processes sharing the port through ``SO_REUSEPORT``.
 ``--admin HOST:PORT`` serves the admin API and live page (:mod:`geviso.admin`) and
 prints ``geviso mock-host admin on http://HOST:PORT``.
+
+Exit status: 0 done, 2 a usage or configuration error (a one-line message names the
+option), 1 a failure while running (e.g. the port is taken).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Any, Optional
 from . import capture_cli, specs
 from . import framing as framing_mod
 from .errors import ConfigurationError, GevisoError
-from .mockhost import MockHost, load_rules, summary_line
+from .mockhost import DEFAULT_MAX_ECHO_FAILURES, DEFAULT_READ_TIMEOUT, MockHost, load_rules, summary_line
+from .options import optional_seconds, seconds
 from .saf import cli as saf_cli
 from .server import bind_reuse_port
 
@@ -35,17 +39,24 @@ STATS = "geviso mock-host stats:"
 ADMIN = "geviso mock-host admin on"
 #: Seconds ``mock-host`` gives its links to close after a signal.
 STOP_TIMEOUT = 5.0
+#: Exit statuses: usage or configuration errors, and failures while running.
+EXIT_USAGE, EXIT_FAILURE = 2, 1
+EPILOG = (
+    "exit status: 0 done; 2 a usage or configuration error (bad option, rules file, "
+    "TLS file); 1 a failure while running (e.g. the port is taken)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand but ``bench`` (which parses its own)."""
-    parser = argparse.ArgumentParser(prog=PROG, description="gevent ISO 8583 links: tools.")
+    parser = argparse.ArgumentParser(prog=PROG, description="gevent ISO 8583 links: tools.", epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     mock = commands.add_parser(
         "mock-host",
         help="run a mock card host",
         description="Run a mock ISO 8583 card host that answers by rules.",
+        epilog=EPILOG,
     )
     mock.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     mock.add_argument("--port", type=int, default=8583, help="port; 0 picks a free one (default 8583)")
@@ -58,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--client-ca", help="CA bundle clients' certificates must chain to (mutual TLS)")
     mock.add_argument("--max-connections", type=int, default=1000, help="links held at once (default 1000)")
     mock.add_argument("--echo-interval", type=float, help="send 0800/301 to every client this often (seconds)")
+    mock.add_argument("--echo-timeout", type=float, default=5.0, help="seconds an echo waits for an answer (default 5)")
+    mock.add_argument(
+        "--max-echo-failures",
+        type=int,
+        default=DEFAULT_MAX_ECHO_FAILURES,
+        help=f"close a link that leaves this many echoes in a row unanswered (default {DEFAULT_MAX_ECHO_FAILURES})",
+    )
+    mock.add_argument(
+        "--read-timeout",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT,
+        help=f"close a link that sends nothing for this many seconds; 0 = never (default {DEFAULT_READ_TIMEOUT:g})",
+    )
     mock.add_argument("--seed", type=int, help="seed for random delays (repeatable runs)")
     mock.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     mock.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING... (default INFO)")
@@ -117,12 +141,17 @@ def _host_options(args: argparse.Namespace) -> dict[str, Any]:
 
     if (args.tls_key or args.client_ca) and not args.tls_cert:
         raise ConfigurationError("--tls-key and --client-ca need --tls-cert")
+    if not 0 <= args.port <= 65535:
+        raise ConfigurationError(f"--port must be 0..65535 (0 picks a free one); got {args.port}")
     if args.workers < 1:
         raise ConfigurationError("--workers must be at least 1")
     if args.max_connections < 1:
         raise ConfigurationError("--max-connections must be at least 1")
-    if len(args.response_code) != 2:
-        raise ConfigurationError("--response-code is two characters, e.g. 00")
+    if args.max_echo_failures < 1:
+        raise ConfigurationError("--max-echo-failures must be at least 1")
+    echo_interval = optional_seconds(args.echo_interval, "--echo-interval", positive=True)
+    echo_timeout = seconds(args.echo_timeout, "--echo-timeout", positive=True)
+    read_timeout = seconds(args.read_timeout, "--read-timeout") or None  # 0: never
     if args.journal_size < 0:
         raise ConfigurationError("--journal-size must be 0 or more")
     if args.admin_token is not None and args.admin is None:
@@ -135,10 +164,15 @@ def _host_options(args: argparse.Namespace) -> dict[str, Any]:
         check_exposure(args.admin, args.admin_token)
     context = None
     if args.tls_cert:
+        files = (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--client-ca", args.client_ca))
+        for option, path in files:
+            if path is not None and not os.path.isfile(path):
+                raise ConfigurationError(f"{option} {path!r}: no such file")
         try:
             context = tls.server_context(certfile=args.tls_cert, keyfile=args.tls_key, client_cafile=args.client_ca)
         except (OSError, ValueError) as exc:
-            raise ConfigurationError(f"cannot load the TLS certificate, key or client CA: {exc}") from exc
+            named = ", ".join(f"{option} {path!r}" for option, path in files if path)
+            raise ConfigurationError(f"cannot load the TLS certificate, key or client CA ({named}): {exc}") from exc
     return {
         "spec": specs.by_name(args.spec),
         "framing": framing_mod.by_name(args.framing),
@@ -146,7 +180,10 @@ def _host_options(args: argparse.Namespace) -> dict[str, Any]:
         "tls": context,
         "max_connections": args.max_connections,
         "response_code": args.response_code,
-        "echo_interval": args.echo_interval,
+        "echo_interval": echo_interval,
+        "echo_timeout": echo_timeout,
+        "read_timeout": read_timeout,
+        "max_echo_failures": args.max_echo_failures,
         "seed": args.seed,
         "journal_size": args.journal_size,
         **capture_cli.host_options(args),
@@ -158,16 +195,18 @@ def mock_host(args: argparse.Namespace) -> int:
     try:
         _configure_logging(args.log_level)
         options = _host_options(args)
+        # Built (not started) here, so a code or rule the spec refuses is a usage error.
+        host = MockHost((args.host, args.port), reuse_port=False, **options)
     except ConfigurationError as exc:
         print(f"{PROG} mock-host: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.workers > 1:
         return _run_workers(args, options)
     try:
-        host = _start_host(args.host, args.port, options, reuse_port=False)
+        host.start()
     except OSError as exc:
         print(f"{PROG} mock-host: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     admin = None
     if args.admin is not None:
         from .admin import AdminServer
@@ -177,7 +216,7 @@ def mock_host(args: argparse.Namespace) -> int:
         except OSError as exc:
             host.stop(timeout=0)
             print(f"{PROG} mock-host: error: cannot listen on {args.admin} (admin): {exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILURE
     _announce(host.server_host, host.server_port, options)
     if admin is not None:
         print(f"{ADMIN} {admin.url}", flush=True)

@@ -261,3 +261,28 @@ def codec_for(spec: Spec) -> Codec:
                 if len(_compiled) > _COMPILED_KEPT:
                     _compiled.popitem(last=False)
     return CompiledCodec(spec, compiled) if compiled is not None else Codec(spec)
+
+
+def field_problem(spec: Spec, field: str, value: str) -> Optional[str]:
+    """Why ``value`` cannot be field ``field`` of a message under ``spec`` (a safe text:
+    no value quoted), or None when it encodes. For checking configured values (response
+    codes, fields a rule sets) once, before they are used on every message."""
+    if field not in spec:
+        return f"the spec has no field {field}"
+    if not isinstance(value, str):
+        return f"field {field} takes a string, not a {type(value).__name__}"
+    probe_spec = dict(spec)
+    probe_spec["h"] = dict(spec.get("h") or {}, max_len=0)  # no header to invent
+    try:
+        iso8583.encode({"t": "0810", field: value}, probe_spec)
+    except iso8583.EncodeError as exc:
+        if str(getattr(exc, "field", "")) != field:
+            return None  # another field (the MTI) says nothing about this one
+        reason = str(exc.args[0]) if exc.args else "cannot encode it"
+        reason = reason[: -len(f": field {field}")] if reason.endswith(f": field {field}") else reason
+        if "invalid data" in reason:
+            reason += f" (characters outside {spec[field].get('data_enc', 'its encoding')})"
+        return f"field {field}: {mask_text(reason)}"
+    except Exception as exc:  # pyiso8583 also fails with TypeError, KeyError...
+        return f"field {field}: cannot encode it ({type(exc).__name__})"
+    return None

@@ -37,8 +37,10 @@ from .errors import (
     Rejected,
     SendTimeout,
 )
-from .framing import TPDU_SIZE, Framing, binary
+from .framing import TPDU_SIZE, Framing, FramingLike
+from .framing import resolve as resolve_framing
 from .metrics import LinkStats
+from .options import seconds
 from .ratelog import SummaryLog
 from .stan import MAX_STAN, StanGenerator
 from .tls import wrap as tls_wrap
@@ -205,7 +207,7 @@ class Connection:
         address: Address,
         spec: Spec,
         *,
-        framing: Optional[Framing] = None,
+        framing: FramingLike = None,
         send_timeout: float = 30.0,
         connect_timeout: float = 10.0,
         idle_time: float = 5.0,
@@ -232,12 +234,12 @@ class Connection:
     ) -> None:
         self.address = parse_address(address)
         self.spec = spec
-        self.framing = framing if framing is not None else binary(2)
+        self.framing = resolve_framing(framing)
         self.codec = codec if codec is not None else codec_for(spec)
-        self.send_timeout = send_timeout
-        self.connect_timeout = connect_timeout
-        self.idle_time = idle_time
-        self.read_timeout = read_timeout
+        self.send_timeout = seconds(send_timeout, "send_timeout", positive=True)
+        self.connect_timeout = seconds(connect_timeout, "connect_timeout", positive=True)
+        self.idle_time = seconds(idle_time, "idle_time", positive=True)
+        self.read_timeout = seconds(read_timeout, "read_timeout", positive=True)
         self.key = key
         self.tls = tls
         self.server_hostname = server_hostname
@@ -369,6 +371,9 @@ class Connection:
                 if not isinstance(exc, Exception):
                     raise
                 text = masking.mask_text(str(exc))
+                if isinstance(exc, SendTimeout) and not self.stats.received:
+                    # No frame back at all: more often a mismatch than a slow host.
+                    text += f"; no frame came back: the host's framing or spec may not match ours ({self.framing.name})"
                 raise ConnectFailed(f"on_connect for {host}:{port} failed: {type(exc).__name__}: {text}") from exc
         if self._state != OPEN:
             raise ConnectFailed(f"link to {host}:{port} closed during on_connect") from self._failure
@@ -458,8 +463,7 @@ class Connection:
         return self._send(doc, timeout)
 
     def _send(self, doc: Mapping[str, str], timeout: Optional[float] = None) -> Message:
-        if timeout is None:
-            timeout = self.send_timeout
+        timeout = self.send_timeout if timeout is None else seconds(timeout, "timeout")
         if self._state != OPEN:
             self._check_sendable()
             if self._state == CLOSING:  # on_close's sign-off: within what is left of close()

@@ -390,5 +390,27 @@ def by_name(name: str) -> Framing:
     """A framing from its name (``binary2``, ``binary4``, ``ascii4``, ``bcd2``, ``hex4``, ``vmlh``)."""
     try:
         return BY_NAME[name]()
-    except KeyError:
-        raise ConfigurationError(f"unknown framing {name!r}; choose from {', '.join(BY_NAME)}") from None
+    except (KeyError, TypeError):
+        shown = repr(name) if isinstance(name, str) and len(name) <= 24 else type(name).__name__
+        raise ConfigurationError(f"unknown framing {shown}; choose from {', '.join(BY_NAME)}") from None
+
+
+#: What every ``framing=`` option takes: a :class:`Framing`, one of :data:`BY_NAME`, or
+#: None for the default (``binary2``).
+FramingLike = Union[Framing, str, None]
+
+
+def resolve(framing: FramingLike, default: str = "binary2") -> Framing:
+    """The :class:`Framing` a ``framing=`` option names: a Framing as is, a name from
+    :data:`BY_NAME` (``"ascii4"``) built, None the ``default``; anything else is a
+    :class:`ConfigurationError`."""
+    if framing is None:
+        return by_name(default)
+    if isinstance(framing, Framing):
+        return framing
+    if isinstance(framing, str):
+        return by_name(framing)
+    raise ConfigurationError(
+        f"framing must be a Framing or one of {', '.join(BY_NAME)}; got a {type(framing).__name__}"
+    )
+

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from .errors import ConnectionClosed, GevisoError, SendTimeout
+from .options import optional_seconds, seconds
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def echo(conn: Any, timeout: Optional[float] = None, *, doc: Optional[Mapping[st
 
     True when the host answered (whatever its response code: the link is alive).
     """
+    timeout = optional_seconds(timeout, "timeout", positive=True)
     if conn.closed or not conn.ready:
         return False
     try:
@@ -56,6 +58,7 @@ def echo(conn: Any, timeout: Optional[float] = None, *, doc: Optional[Mapping[st
 def echo_handler(timeout: float, *, doc: Optional[Mapping[str, str]] = None) -> Callable[[Any], bool]:
     """:func:`echo` with its own ``timeout`` (and ``doc``), as an ``on_ping`` /
     ``on_read_timeout`` handler taking only the connection."""
+    timeout = seconds(timeout, "timeout", positive=True)
 
     def handler(conn: Any) -> bool:
         return echo(conn, timeout, doc=doc)

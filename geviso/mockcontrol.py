@@ -44,6 +44,7 @@ class MockControl:
     stats: Any
     connections: set[Connection]
     send_all: Callable[..., dict[Connection, Any]]  # Server.send_all
+    _check_rule_set: Callable[[RuleSet], None]  # MockHost's spec check
 
     # -- rules ----------------------------------------------------------------------------
     def rule_list(self) -> list[dict[str, Any]]:
@@ -57,6 +58,7 @@ class MockControl:
         """Compile ``specs`` (raises before changing anything) and swap the set in; each
         rule of ``kept`` (None for a new rule) gives its hit count to its successor."""
         rule_set = rules_mod.parse(specs)
+        self._check_rule_set(rule_set)  # codes and fields the host's spec cannot encode
         for new, old in zip(rule_set.rules, kept):
             if old is not None:
                 new.hits = old.hits

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Optional, Union
@@ -32,7 +33,7 @@ from iso8583.specs import default as default_spec
 from . import masking, proxy
 from . import rules as rules_mod
 from .adminclient import AdminClient
-from .codec import Spec, is_response, response_mti, transmission_datetime
+from .codec import Spec, field_problem, is_response, response_mti, transmission_datetime
 from .connection import Address, Connection, close_quietly
 from .errors import ConfigurationError, ConnectionClosed, GevisoError
 from .journal import CLOSED, DEFAULT_SIZE, DROPPED, FAILED, LOST, Entry, Journal
@@ -40,6 +41,8 @@ from .keepalive import ECHO
 from .keys import mti_pair
 from .mockcontrol import MockControl
 from .nearmiss import Explainer
+from .options import optional_seconds, seconds
+from .ratelog import SummaryLog
 from .rules import CLOSE, DROP, LATE, Rule, RuleSet
 from .scenarios import Scenarios
 from .server import Server
@@ -53,6 +56,12 @@ ECHO_FIELDS = ("2", "3", "4", "7", "11", "12", "13", "37", "38", "41", "42", "49
 APPROVAL_CODES = frozenset({"00", "08", "10", "11", "16"})
 #: Field 70 network management codes and the field 39 each gets.
 NETWORK_CODES = {"001": "00", "002": "00", "301": "00"}
+#: Seconds a link may send nothing before the host closes it (a stalled or dead client).
+DEFAULT_READ_TIMEOUT = 60.0
+#: Echoes in a row a client may leave unanswered before the host closes its link.
+DEFAULT_MAX_ECHO_FAILURES = 2
+#: Seconds between two log lines about answers a link could not be sent.
+PROBLEM_LOG_INTERVAL = 60.0
 
 #: Messages whose attempts a ``drop_first`` rule counts, at most (the oldest forgotten).
 ATTEMPTS_KEPT = 100_000
@@ -103,6 +112,8 @@ class MockStats:
         "echoes",  # 0800 echoes the host sent to its clients
         "echoes_answered",
         "echoes_failed",
+        "silent_closed",  # links closed for sending nothing within read_timeout
+        "echo_closed",  # links closed after max_echo_failures unanswered echoes
     )
     __slots__ = (*COUNTERS, "codes", "_host")
     received: int
@@ -116,6 +127,8 @@ class MockStats:
     echoes: int
     echoes_answered: int
     echoes_failed: int
+    silent_closed: int
+    echo_closed: int
 
     def __init__(self, host: MockHost) -> None:
         for name in self.COUNTERS:
@@ -167,8 +180,14 @@ class MockHost(MockControl, Server):
     JSON/YAML rules file (a bad one raises :class:`ConfigurationError` here, before the
     host starts). ``response_code`` is field 39 when no rule says otherwise;
     ``network_codes`` maps field 70 values to field 39 (unknown ones get
-    ``response_code``). With ``echo_interval`` the host sends 0800/301 to every client
-    that often, each waiting ``echo_timeout`` for the 0810. ``seed`` makes random delays
+    ``response_code``). Every code, and every field a rule sets, is checked against the
+    spec here: one that cannot be encoded is a :class:`ConfigurationError` naming it.
+
+    Link health: a link that sends nothing for ``read_timeout`` seconds (None: never)
+    is closed. With ``echo_interval`` the host sends 0800/301 to every client that often,
+    each waiting ``echo_timeout`` for the 0810, and closes a link that leaves
+    ``max_echo_failures`` echoes in a row unanswered. So stalled or vanished clients
+    cannot hold ``max_connections`` links for good. ``seed`` makes random delays
     repeatable. The journal keeps the newest ``journal_size`` requests (0: none).
     ``proxy_to`` and ``record`` make it a recording proxy in front of a real
     host (:mod:`geviso.proxy`); ``playback`` (with ``match``) answers from a capture
@@ -188,6 +207,8 @@ class MockHost(MockControl, Server):
         approval_codes: Iterable[str] = APPROVAL_CODES,
         echo_interval: Optional[float] = None,
         echo_timeout: float = 5.0,
+        read_timeout: Optional[float] = DEFAULT_READ_TIMEOUT,
+        max_echo_failures: int = DEFAULT_MAX_ECHO_FAILURES,
         seed: Optional[int] = None,
         journal_size: int = DEFAULT_SIZE,
         proxy_to: Optional[Address] = None,
@@ -202,8 +223,11 @@ class MockHost(MockControl, Server):
     ) -> None:
         if "on_inbound" in server_options:
             raise ConfigurationError("a MockHost answers by itself; give it rules, not on_inbound")
-        if echo_interval is not None and echo_interval <= 0:
-            raise ConfigurationError("echo_interval must be positive seconds")
+        echo_interval = optional_seconds(echo_interval, "echo_interval", positive=True)
+        echo_timeout = seconds(echo_timeout, "echo_timeout", positive=True)
+        read_timeout = optional_seconds(read_timeout, "read_timeout", positive=True)
+        if isinstance(max_echo_failures, bool) or not isinstance(max_echo_failures, int) or max_echo_failures < 1:
+            raise ConfigurationError("max_echo_failures must be a whole number, at least 1")
         self.rules = rules  # the setter compiles any source
         self._startup_rules = self._rule_set.specs()  # what reset_rules() goes back to
         self.journal: Optional[Journal] = Journal(journal_size) if journal_size else None
@@ -212,6 +236,9 @@ class MockHost(MockControl, Server):
         self._link_numbers = itertools.count(1)
         spec = spec if spec is not None else default_spec
         server_options.setdefault("inline_inbound", True)  # _answer never blocks
+        if read_timeout is not None:
+            server_options["read_timeout"] = read_timeout
+            server_options.setdefault("on_read_timeout", self._close_silent)
         super().__init__(address, spec, on_inbound=self._answer, **server_options)
         self.response_code = response_code
         self.network_codes = dict(NETWORK_CODES if network_codes is None else network_codes)
@@ -220,8 +247,13 @@ class MockHost(MockControl, Server):
             echo.add("h")
         self.echo_fields = frozenset(echo)
         self.approval_codes = frozenset(approval_codes)
+        self._check_codes()
         self.echo_interval = echo_interval
         self.echo_timeout = echo_timeout
+        self.read_timeout = read_timeout
+        self.max_echo_failures = max_echo_failures
+        self._echo_failures: weakref.WeakKeyDictionary[Connection, int] = weakref.WeakKeyDictionary()
+        self._problems: weakref.WeakKeyDictionary[Connection, SummaryLog] = weakref.WeakKeyDictionary()
         self.stats = MockStats(self)
         self._random = random.Random(seed)
         self._approval = StanGenerator()  # field 38 codes: 000001..999999, wrapping
@@ -340,11 +372,14 @@ class MockHost(MockControl, Server):
             if entry is not None:
                 entry.ended(LOST)
             return
-        except GevisoError as exc:  # EncodeError: a rule set a field the spec refuses
+        except GevisoError as exc:  # EncodeError: a field the spec refuses
             stats.errors += 1
             if entry is not None:
                 entry.ended(FAILED)
-            self._report(exc)
+            if self.on_error is not None:
+                self._report(exc)
+            else:
+                self._problem(conn, f"an answer could not be encoded: {masking.mask_text(str(exc))}")
             return
         if entry is not None:
             entry.answered(answer)
@@ -353,6 +388,54 @@ class MockHost(MockControl, Server):
         codes[code] = codes.get(code, 0) + 1
         if late:
             stats.late += 1
+
+    def _problem(self, conn: Connection, text: str) -> None:
+        """Log a problem answering on ``conn`` at WARNING at most once per link per
+        :data:`PROBLEM_LOG_INTERVAL` (the rest at DEBUG, counted in the next line)."""
+        summary = self._problems.get(conn)
+        if summary is None:
+            summary = self._problems[conn] = SummaryLog(log, PROBLEM_LOG_INTERVAL)
+        summary.warning(f"{self}: link {conn}", text)
+
+    def _check_codes(self) -> None:
+        """Refuse codes and rule fields the spec cannot encode, before anything listens."""
+        checks: list[tuple[str, str, Any]] = [("response_code", "39", self.response_code)]
+        checks += [(f"network_codes[{k!r}]", "39", v) for k, v in sorted(self.network_codes.items())]
+        checks += [("approval_codes", "39", code) for code in sorted(self.approval_codes, key=str)]
+        if self.approval_codes and "38" in self.spec:
+            checks.append(("the approval code it generates", "38", "000001"))
+        self._check(checks + self._rule_checks(self._rule_set))
+
+    def _check(self, checks: list[tuple[str, str, Any]]) -> None:
+        for what, field, value in checks:
+            problem = field_problem(self.spec, field, value)
+            if problem is not None:
+                # Codes are shown (escaped); a value a rule sets may be a PAN: never.
+                shown = f" {value[:8]!r}" if field == "39" and isinstance(value, str) else ""
+                raise ConfigurationError(f"{what}{shown} does not fit the spec: {problem}")
+
+    def _check_rule_set(self, rule_set: RuleSet) -> None:
+        """Refuse a rule set with a code or field the spec cannot encode."""
+        self._check(self._rule_checks(rule_set))
+
+    @staticmethod
+    def _rule_checks(rule_set: RuleSet) -> list[tuple[str, str, Any]]:
+        checks: list[tuple[str, str, Any]] = []
+        for rule in rule_set:
+            label = f"rules[{rule.index}]" + (f" ({rule.name!r})" if rule.name else "")
+            if rule.code is not None:
+                checks.append((f"{label} code", "39", rule.code))
+            for field, value in (rule.fields or {}).items():
+                checks.append((f"{label} fields.{field}", field, value))
+        return checks
+
+    def _close_silent(self, conn: Connection) -> None:
+        """``on_read_timeout`` of every link: a client silent that long has stalled or gone."""
+        if conn.closed:
+            return
+        self.stats.silent_closed += 1
+        log.info("%s: link %s sent nothing for %gs: closing it", self, conn, self.read_timeout)
+        conn.fail(ConnectionClosed(f"nothing received for {self.read_timeout:g}s"))
 
     # -- echoes to the clients ------------------------------------------------------------
     def start(self) -> None:
@@ -382,9 +465,16 @@ class MockHost(MockControl, Server):
         except GevisoError as exc:
             self.stats.echoes_failed += 1
             log.debug("echo to %s failed: %s", conn, type(exc).__name__)
+            failures = self._echo_failures.get(conn, 0) + 1
+            self._echo_failures[conn] = failures
+            if failures >= self.max_echo_failures and not conn.closed:
+                self.stats.echo_closed += 1
+                log.info("%s: link %s left %d echoes unanswered: closing it", self, conn, failures)
+                conn.fail(ConnectionClosed(f"{failures} echoes unanswered"))
             return False
         finally:
             self._echoing.discard(conn)
+        self._echo_failures.pop(conn, None)
         self.stats.echoes_answered += 1
         return True
 
@@ -408,7 +498,10 @@ class MockHost(MockControl, Server):
 
     @rules.setter
     def rules(self, source: RulesSource) -> None:
-        self._rule_set = _rule_set(source)
+        rule_set = _rule_set(source)
+        if hasattr(self, "approval_codes"):  # built already: check against its spec first
+            self._check_rule_set(rule_set)
+        self._rule_set = rule_set
         self._explainer: Optional[Explainer] = None
 
     # -- links' numbers -------------------------------------------------------------------
@@ -425,6 +518,8 @@ class MockHost(MockControl, Server):
 __all__ = [
     "APPROVAL_CODES",
     "AdminClient",
+    "DEFAULT_MAX_ECHO_FAILURES",
+    "DEFAULT_READ_TIMEOUT",
     "ECHO_FIELDS",
     "NETWORK_CODES",
     "MockHost",

@@ -36,6 +36,7 @@ from .errors import (
     SendTimeout,
 )
 from .metrics import Totals
+from .options import number, optional_seconds, seconds
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ Filter = Callable[[Connection], bool]
 #: A custom strategy gets the usable links (address order) and the message being sent
 #: (None for a bare ``get()``) and returns one of the links, or None for "none fits".
 Strategy = Callable[[list[Connection], Optional[Mapping[str, str]]], Optional[Connection]]
+
+#: Seconds between two warnings that the custom strategy chose a link it was not offered.
+_FALLBACK_LOG_INTERVAL = 60.0
 
 ROUND_ROBIN = "round-robin"
 PRIMARY_SECONDARY = "primary-secondary"
@@ -106,6 +110,14 @@ class _Slot:
 _pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
+def _left(deadline: Optional[float], cap: Optional[float] = None) -> Optional[float]:
+    """Seconds left before ``deadline`` (None: no deadline), at most ``cap``."""
+    if deadline is None:
+        return cap
+    left = max(0.0, deadline - time.monotonic())
+    return left if cap is None else min(left, cap)
+
+
 def _abandon_in_child() -> None:
     """``os.fork`` hook, in the child: drop every inherited link before its greenlets
     can run (nothing is written; the parent keeps using them)."""
@@ -160,12 +172,9 @@ class Pool:
             addresses = [addresses]  # a single "host:port"
         if not addresses:
             raise ConfigurationError("a pool needs at least one address")
-        if reconnect_wait <= 0:
-            raise ConfigurationError("reconnect_wait must be > 0")
-        if max_reconnect_wait < 0:
-            raise ConfigurationError("max_reconnect_wait must be >= 0 (0 = no doubling)")
-        if not 0 <= jitter <= 1:
-            raise ConfigurationError("jitter is a fraction between 0 and 1")
+        reconnect_wait = seconds(reconnect_wait, "reconnect_wait", positive=True)
+        max_reconnect_wait = seconds(max_reconnect_wait, "max_reconnect_wait (0 = no doubling)")
+        jitter = number(jitter, "jitter", high=1.0, unit="a fraction")
         if not 0 <= min_connections <= len(addresses):
             raise ConfigurationError(f"min_connections must be 0..{len(addresses)} (the number of addresses)")
         if not callable(strategy) and strategy not in STRATEGIES:
@@ -186,6 +195,10 @@ class Pool:
         self._started = False
         self._closed = False
         self._cursor = 0
+        #: Times the custom strategy returned a link it was not offered (the pool then
+        #: took the first usable link instead).
+        self.strategy_fallbacks = 0
+        self._fallback_logged = 0.0
         #: Stats of every link this pool ever had, summed (``pool.stats`` shows them).
         self.totals = Totals()
         self._pid = os.getpid()
@@ -197,10 +210,12 @@ class Pool:
         """Start every address's loop and wait for each first attempt (each bounded by
         its link's ``connect_timeout`` and sign-on, or by ``timeout`` overall).
 
-        Raises :class:`ConnectErrors` (holding every failure), after closing the pool,
-        when fewer than ``min_connections`` links came up. Failed addresses keep
-        retrying in the background otherwise.
+        Raises :class:`ConnectErrors` (holding every failure) when fewer than
+        ``min_connections`` links came up. The error is a report, not the pool's end:
+        the pool stays open and every failed address keeps dialling in the background,
+        so the pool comes up when its hosts do; only :meth:`close` closes it.
         """
+        timeout = optional_seconds(timeout, "timeout")
         self._checkpid()
         if self._closed:
             raise PoolClosed("pool is closed")
@@ -219,7 +234,6 @@ class Pool:
                 errors.append(slot.first_error)
             elif slot.state != UP:
                 errors.append(ConnectFailed(f"no link to {slot.label} within {timeout}s"))
-        self.close()
         raise ConnectErrors(f"{up} of {len(self._slots)} links came up, min_connections={self.min_connections}", errors)
 
     def _spawn_loops(self) -> None:
@@ -357,7 +371,22 @@ class Pool:
         if not candidates:
             return None
         assert callable(self.strategy)
-        return self.strategy(candidates, doc)
+        chosen = self.strategy(candidates, doc)
+        if chosen is None or any(chosen is c for c in candidates):
+            return chosen
+        # Not one of the links it was offered (a link it cached that has closed since, one
+        # already tried for this request, anything else): the first usable link instead.
+        self.strategy_fallbacks += 1
+        if self.strategy_fallbacks == 1 or time.monotonic() - self._fallback_logged >= _FALLBACK_LOG_INTERVAL:
+            self._fallback_logged = time.monotonic()
+            log.warning(
+                "pool: the strategy returned %s, not one of the %d usable links offered; "
+                "using the first of them (%d times so far)",
+                "a link" if isinstance(chosen, Connection) else f"a {type(chosen).__name__}",
+                len(candidates),
+                self.strategy_fallbacks,
+            )
+        return candidates[0]
 
     def get(self, doc: Optional[Mapping[str, str]] = None) -> Connection:
         """A usable link chosen by the strategy (``doc`` is handed to a custom one).
@@ -381,10 +410,13 @@ class Pool:
         (default: the chosen link's ``send_timeout``).
         """
         self._check_usable_pool()
+        timeout = optional_seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
         tried: list[Connection] = []
         last: Optional[ConnectionClosed] = None
-        while True:
+        # Each pass tries a link not tried yet; links replaced by reconnects meanwhile
+        # are new ones, so the passes are bounded too.
+        for _ in range(2 * len(self._slots) + 1):
             conn = self._pick(doc, tried)
             if conn is None:
                 if self._closed:
@@ -407,6 +439,7 @@ class Pool:
                 log.info("pool: link %s closed before the request was written; trying the next", conn)
                 tried.append(conn)
                 last = exc
+        raise NoConnections(f"no usable link took the request ({len(tried)} failed before writing it)") from last
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -444,6 +477,7 @@ class Pool:
             closed=self._closed,
             in_flight=sum(conn.in_flight for conn in self.connections),
             usable=len(self.usable),
+            strategy_fallbacks=self.strategy_fallbacks,
             addresses=[s.as_dict() for s in self._slots],
         )
         return data
@@ -458,7 +492,11 @@ class Pool:
 
     def __enter__(self) -> Pool:
         if not self._started:
-            self.connect()
+            try:
+                self.connect()
+            except BaseException:
+                self.close()  # the with statement owns the pool: nobody else can close it
+                raise
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -468,11 +506,15 @@ class Pool:
     def close(self, timeout: Optional[float] = None) -> None:
         """Stop every reconnect loop and close every link gracefully; idempotent.
 
-        ``timeout`` is handed to each link's ``close()`` (default: its ``send_timeout``,
-        how long in-flight requests may still take). Links still dialling or signing on
-        are dropped.
+        Returns within ``timeout`` seconds when one is given, sign-offs included: each
+        link's ``close()`` gets the time left, and links still open at the deadline are
+        failed. Without ``timeout`` each link waits up to its ``send_timeout`` for its
+        in-flight requests. Links still dialling or signing on are dropped. In a forked
+        child that never used the pool, nothing is dialled or written.
         """
-        self._checkpid()
+        timeout = optional_seconds(timeout, "timeout")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._checkpid(dial=False)
         if self._closed:
             if gevent.getcurrent() not in self._group:
                 self._close_done.wait(timeout)
@@ -485,16 +527,17 @@ class Pool:
             g = slot.greenlet
             if slot.state == CONNECTING and g is not None and g is not me:
                 g.kill(block=False)
-        closers = []
-        for slot in slots:
-            conn = slot.conn
-            if slot.state == UP and conn is not None and not conn.closed:
-                closers.append(gevent.spawn(close_quietly, conn, timeout))
-        gevent.joinall(closers)
+        links = [s.conn for s in slots if s.state == UP and s.conn is not None and not s.conn.closed]
+        closers = [gevent.spawn(close_quietly, conn, _left(deadline)) for conn in links]
+        gevent.joinall(closers, timeout=_left(deadline))
+        for conn in links:
+            if not conn.closed:
+                conn.fail(ConnectionClosed("pool closed: close() timeout"))
+        gevent.killall(closers, block=False)
         for g in list(self._group):
             if g is not me:
-                g.join(1.0)
-                g.kill(block=True, timeout=1.0)
+                g.join(_left(deadline, 1.0))
+                g.kill(block=True, timeout=_left(deadline, 1.0))
         self._close_done.set()
         log.info("pool %s closed", self)
 
@@ -509,8 +552,9 @@ class Pool:
         for g in list(self._group):
             g.kill(block=False)
 
-    def _checkpid(self) -> None:
-        """In a forked child, replace the parent's links by the child's own (redis-py)."""
+    def _checkpid(self, *, dial: bool = True) -> None:
+        """In a forked child, replace the parent's links by the child's own (redis-py);
+        with ``dial`` False (closing) the child gets no links at all."""
         pid = os.getpid()
         if pid == self._pid:
             return
@@ -520,7 +564,7 @@ class Pool:
         self._slots = [_Slot(a) for a in self.addresses]
         self._group = gevent.pool.Group()
         self._cursor = 0
-        if self._started and not self._closed:
+        if dial and self._started and not self._closed:
             log.info("pool %s: forked (pid %d), dialling links of our own", self, pid)
             self._spawn_loops()
             self._wait_first_attempts(None)

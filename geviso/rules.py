@@ -37,6 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from .errors import ConfigurationError
+from .options import MAX_SECONDS, number
 
 RESPOND, DROP, CLOSE, LATE = "respond", "drop", "close", "late"
 ACTIONS = (RESPOND, DROP, CLOSE, LATE)
@@ -53,6 +54,24 @@ MATCH_KEYS = frozenset({"mti", "pan_prefix", "amount_above", "amount_below", "fi
 
 Doc = Mapping[str, str]
 Predicate = Callable[[Doc], bool]
+#: The longest delay a rule may ask for, in ms: one day.
+MAX_DELAY_MS = MAX_SECONDS * 1000
+#: Integers with more digits than this are refused before ``str()`` (which has a limit).
+_MAX_INT_DIGITS = 64
+
+
+def _is_digits(text: str) -> bool:
+    """ASCII digits only: ``"²".isdigit()`` is True, and ``int("²")`` fails."""
+    return text.isascii() and text.isdigit()
+
+
+def _small_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**_MAX_INT_DIGITS
+
+
+def _unknown(keys: Any, known: frozenset[str]) -> list[str]:
+    """Keys not in ``known``, as text, sorted (YAML keys may be numbers or None)."""
+    return sorted(str(k) for k in keys if k not in known)
 
 
 class Rule:
@@ -189,36 +208,36 @@ class _Where:
 
 def _strings(value: Any, where: _Where, key: str, *, digits: Optional[int] = None) -> tuple[str, ...]:
     """One string or a non-empty list of strings, as a tuple."""
-    items = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    items = [value] if isinstance(value, str) or _small_int(value) else value
     if not isinstance(items, list) or not items:
         raise where.error(key, "expected a string or a non-empty list of strings")
     out = []
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, (str, int)):
+        if not (isinstance(item, str) or _small_int(item)):
             raise where.error(key, f"expected a string, got {type(item).__name__}")
         text = str(item)
-        if digits is not None and (len(text) != digits or not text.isdigit()):
-            raise where.error(key, f"{text!r} is not {digits} digits")
+        if digits is not None and (len(text) != digits or not _is_digits(text)):
+            raise where.error(key, f"{text[:8]!r} is not {digits} digits")
         out.append(text)
     return tuple(out)
 
 
 def _amount(value: Any, where: _Where, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+    if not (_small_int(value) or isinstance(value, str)) or not _is_digits(str(value)) or len(str(value)) > 18:
         raise where.error(key, "expected a whole amount in minor units (e.g. 10000 for 100.00)")
     return int(value)
 
 
 def _field_name(name: Any, where: _Where, key: str) -> str:
-    text = str(name)
-    if not (text.isdigit() and 1 <= int(text) <= 192) and text not in ("t", "h"):
-        raise where.error(key, f"{text!r} is not a field number")
+    text = str(name) if isinstance(name, str) or _small_int(name) else type(name).__name__
+    if not (_is_digits(text) and len(text) <= 3 and 1 <= int(text) <= 192) and text not in ("t", "h"):
+        raise where.error(key, f"{text[:8]!r} is not a field number")
     return text
 
 
 def _amount_of(doc: Doc) -> Optional[int]:
     value = doc.get("4")
-    if value is None or not value.isdigit():
+    if value is None or not _is_digits(value):
         return None
     return int(value)
 
@@ -226,7 +245,7 @@ def _amount_of(doc: Doc) -> Optional[int]:
 def _compile_match(spec: Any, where: _Where) -> list[Predicate]:
     if not isinstance(spec, Mapping):
         raise where.error("match", "expected an object of conditions")
-    unknown = sorted(set(spec) - MATCH_KEYS)
+    unknown = _unknown(spec, MATCH_KEYS)
     if unknown:
         raise where.error(f"match.{unknown[0]}", f"unknown condition; use {', '.join(sorted(MATCH_KEYS))}")
     tests: list[Predicate] = []
@@ -234,7 +253,7 @@ def _compile_match(spec: Any, where: _Where) -> list[Predicate]:
         tests.append(_field_test("t", frozenset(_strings(spec["mti"], where, "match.mti", digits=4))))
     if "pan_prefix" in spec:
         prefixes = _strings(spec["pan_prefix"], where, "match.pan_prefix")
-        if not all(p.isdigit() for p in prefixes):
+        if not all(_is_digits(p) for p in prefixes):
             raise where.error("match.pan_prefix", "a PAN prefix is digits")
         tests.append(lambda doc: doc.get("2", "").startswith(prefixes))
     if "amount_above" in spec or "amount_below" in spec:
@@ -269,9 +288,12 @@ def _amount_test(above: Optional[int], below: Optional[int]) -> Predicate:
 
 def _delay(value: Any, where: _Where) -> tuple[float, float]:
     def ms(item: Any) -> float:
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
             raise where.error("delay_ms", "expected milliseconds >= 0, or a [min, max] range of them")
-        return float(item) / 1000.0
+        try:
+            return number(item, "delay_ms", high=MAX_DELAY_MS, unit="milliseconds") / 1000.0
+        except ConfigurationError:
+            raise where.error("delay_ms", f"expected milliseconds >= 0 and <= {MAX_DELAY_MS:.0f} (one day)") from None
 
     if isinstance(value, list):
         if len(value) != 2:
@@ -293,20 +315,21 @@ def compile_rule(spec: Any, index: int = 0, *, source: str = "") -> Rule:
     if not isinstance(name, str):
         raise where.error("name", "expected a string")
     where.name = name
-    unknown = sorted(set(spec) - RULE_KEYS)
+    unknown = _unknown(spec, RULE_KEYS)
     if unknown:
         raise where.error(unknown[0], f"unknown key; use {', '.join(sorted(RULE_KEYS))}")
     action = spec.get("action", RESPOND)
-    if action not in ACTIONS:
-        raise where.error("action", f"{action!r} is not one of {', '.join(ACTIONS)}")
+    if not isinstance(action, str) or action not in ACTIONS:
+        shown = repr(action[:16]) if isinstance(action, str) else f"a {type(action).__name__}"
+        raise where.error("action", f"{shown} is not one of {', '.join(ACTIONS)}")
     tests = _compile_match(spec.get("match", {}), where)
     code = None
     if "code" in spec:
         if action not in (RESPOND, LATE):
             raise where.error("code", f"a {action} rule sends no answer")
         code = _strings(spec["code"], where, "code")[0]
-        if isinstance(spec["code"], list) or len(code) != 2:
-            raise where.error("code", "a response code is two characters, e.g. \"05\"")
+        if isinstance(spec["code"], list) or not 2 <= len(code) <= 3 or not code.isprintable():
+            raise where.error("code", "a response code is two (or three) characters, e.g. \"05\"")
     fields = None
     if "fields" in spec:
         if action not in (RESPOND, LATE):
@@ -318,7 +341,7 @@ def compile_rule(spec: Any, index: int = 0, *, source: str = "") -> Rule:
             field = _field_name(field_name, where, "fields")
             if field in ("t", "h", "39"):
                 raise where.error("fields", f"field {field} is set by the host (use code for field 39)")
-            if isinstance(value, bool) or not isinstance(value, (str, int)):
+            if not (isinstance(value, str) or _small_int(value)):
                 raise where.error(f"fields.{field}", "expected a string")
             fields[field] = str(value)
     delay = None
@@ -374,7 +397,7 @@ def _optional_text(spec: Mapping[str, Any], key: str, where: _Where) -> Optional
 def parse(data: Any, *, source: str = "") -> RuleSet:
     """A :class:`RuleSet` from plain data: a list of rules or ``{"rules": [...]}``."""
     if isinstance(data, Mapping):
-        extra = sorted(set(data) - {"rules"})
+        extra = _unknown(data, frozenset({"rules"}))
         if extra or "rules" not in data:
             prefix = f"{source}: " if source else ""
             raise ConfigurationError(f"{prefix}a rules document is a list, or an object with one key 'rules'")
@@ -398,15 +421,24 @@ def loads(text: str, *, fmt: str = "json", source: str = "") -> RuleSet:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigurationError(f"{prefix}not valid YAML: {exc}") from exc
+            raise ConfigurationError(f"{prefix}not valid YAML: {_one_line(exc)}") from exc
+        except RecursionError:
+            raise ConfigurationError(f"{prefix}not usable YAML: nested too deeply") from None
     elif fmt == "json":
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise ConfigurationError(f"{prefix}not valid JSON: {exc}") from exc
+            raise ConfigurationError(f"{prefix}not valid JSON: {_one_line(exc)}") from exc
+        except RecursionError:
+            raise ConfigurationError(f"{prefix}not usable JSON: nested too deeply") from None
     else:
         raise ConfigurationError(f"{prefix}unknown rules format {fmt!r}; use json or yaml")
     return parse(data, source=source)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A parser's error text on one line (YAML's spans several, with context marks)."""
+    return " ".join(str(exc).split())[:300]
 
 
 def format_of(path: str) -> str:

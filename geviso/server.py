@@ -24,8 +24,10 @@ from . import masking
 from .codec import Spec, codec_for
 from .connection import Address, Connection, Handler, close_quietly, parse_address
 from .errors import ConfigurationError, ConnectFailed, GevisoError, TooManyConnections
-from .framing import Framing, binary
+from .framing import FramingLike
+from .framing import resolve as resolve_framing
 from .metrics import LinkStats, Totals
+from .options import seconds
 from .ratelog import SummaryLog
 from .tls import wrap as tls_wrap
 
@@ -60,7 +62,7 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         address: Address,
         spec: Spec,
         *,
-        framing: Optional[Framing] = None,
+        framing: FramingLike = None,
         tls: Optional[ssl.SSLContext] = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         on_inbound: Optional[Handler] = None,
@@ -75,12 +77,12 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
             raise ConfigurationError("max_connections must be at least 1")
         super().__init__(parse_address(address), backlog=backlog)
         self.spec = spec
-        self.framing = framing if framing is not None else binary(2)
+        self.framing = resolve_framing(framing)
         self.tls = tls
         self.max_connections = max_connections
         self.on_error = on_error
         self.on_closed = on_closed
-        self.handshake_timeout = handshake_timeout
+        self.handshake_timeout = seconds(handshake_timeout, "handshake_timeout", positive=True)
         self.reuse_port = reuse_port
         #: Stats of every link this server ever accepted, summed (see :meth:`link_stats`).
         self.totals = Totals()
@@ -89,10 +91,21 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         self.accepted = 0
         self.refused = 0
         connection_options.setdefault("codec", codec_for(spec))  # one codec for every link
+        #: Requests read after :meth:`stop` began, left unhandled (their clients' sends
+        #: fail with ``ConnectionClosed(sent=True)`` when the link closes).
+        self.unhandled_on_stop = 0
+        self._on_inbound = on_inbound
+        self._running = 0  # inbound handlers running now (not inline ones: they never block)
+        self._handlers: set[gevent.Greenlet] = set()  # ...and their greenlets
+        self._handlers_done = gevent.event.Event()
+        self._handlers_done.set()
+        # Inline handlers run in the reader and never block, so stop() has none to wait
+        # for; every other one is counted, so stop() can let it answer first.
+        inline = bool(connection_options.get("inline_inbound", False))
         self._options = dict(
             connection_options,
             framing=self.framing,
-            on_inbound=on_inbound,
+            on_inbound=on_inbound if on_inbound is None or inline else self._handle_request,
             on_error=on_error,
             on_closed=self._link_closed,
         )
@@ -211,6 +224,25 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
     def _link_gone(self, conn: Connection) -> None:
         """Hook: a link closed."""
 
+    def _handle_request(self, conn: Connection, doc: Any) -> None:
+        """``on_inbound`` of every link (unless inline): counted while it runs, so
+        :meth:`stop` waits for it; once stopping, new requests are left unhandled."""
+        if self._stopping:
+            self.unhandled_on_stop += 1
+            return
+        self._running += 1
+        self._handlers_done.clear()
+        me = gevent.getcurrent()
+        self._handlers.add(me)
+        try:
+            assert self._on_inbound is not None
+            self._on_inbound(conn, doc)
+        finally:
+            self._handlers.discard(me)
+            self._running -= 1
+            if not self._running:
+                self._handlers_done.set()
+
     def _report(self, exc: BaseException) -> None:
         """Hand an error no caller can receive to ``on_error``, or log it."""
         if self.on_error is None:  # a client can repeat these at will: rate-limited
@@ -223,17 +255,21 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
 
     # -- stopping -------------------------------------------------------------------------
     def stop(self, timeout: Optional[float] = 5.0) -> None:
-        """Stop accepting, close every link gracefully (in-flight sends get their
-        answers, queued frames are written), and return within ``timeout`` seconds
-        whatever the peers do: links still open then are failed."""
-        if timeout is None:
-            timeout = 5.0
+        """Stop gracefully, within ``timeout`` seconds (default 5) whatever the peers do.
+
+        Stops accepting links and handling new requests, lets the handlers already
+        running answer, then closes every link gracefully (in-flight sends get their
+        answers, queued replies are written). Links still open at the deadline are failed.
+        """
+        timeout = 5.0 if timeout is None else seconds(timeout, "timeout")
         deadline = time.monotonic() + timeout
         self._stopping = True
         self.close()  # the listener: no new links
         for greenlet in list(self._handshakes):
             greenlet.kill(block=False)
         self._before_links_close(deadline)
+        # Handlers already running answer first; their replies go out as the links close.
+        self._handlers_done.wait(max(0.0, deadline - time.monotonic()))
         links = list(self.connections)
         closers = [gevent.spawn(close_quietly, conn, max(0.0, deadline - time.monotonic())) for conn in links]
         gevent.joinall(closers, timeout=max(0.0, deadline - time.monotonic()))
@@ -241,6 +277,8 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
             if conn.state != "closed":
                 conn.fail("server stopped")
         gevent.killall(closers, block=False)
+        # Handlers still running past the deadline answer nothing now: their links are gone.
+        gevent.killall([g for g in self._handlers if g is not gevent.getcurrent()], block=False)
         # Let every link's on_closed (its log line, the user's handler) run before we return.
         self.wait_no_links(deadline - time.monotonic())
 

@@ -195,7 +195,7 @@ def test_help_lists_mock_host_and_its_options(capsys):
         (["--spec", "nosuch"], "unknown spec"),
         (["--workers", "0"], "--workers"),
         (["--rules", "/nonexistent/rules.json"], "cannot read it"),
-        (["--tls-cert", "/nonexistent/cert.pem"], "cannot load the TLS"),
+        (["--tls-cert", "/nonexistent/cert.pem"], "--tls-cert '/nonexistent/cert.pem': no such file"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args, words, capsys):

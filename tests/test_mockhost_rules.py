@@ -135,8 +135,8 @@ def test_format_follows_the_file_extension():
     [
         ({"cod": "05"}, "cod", "unknown key"),
         ({"action": "explode"}, "action", "not one of"),
-        ({"code": "5"}, "code", "two characters"),
-        ({"code": ["05"]}, "code", "two characters"),
+        ({"code": "5"}, "code", "two (or three) characters"),
+        ({"code": ["05"]}, "code", "two (or three) characters"),
         ({"action": "drop", "code": "05"}, "code", "no answer"),
         ({"action": "drop", "delay_ms": 10}, "delay_ms", "no delay"),
         ({"delay_ms": -1}, "delay_ms", ">= 0"),

@@ -330,11 +330,11 @@ def test_sign_on_failure_reaches_on_error_and_is_retried(hosts):
         assert pool.get().status == "online"
 
 
-def test_connect_fails_below_min_connections_closing_everything(hosts):
+def test_connect_below_min_connections_raises_and_the_pool_stays_open_dialling(hosts):
     (host,) = hosts(1)
     dead1, dead2 = dead_address(), dead_address()
     factory = Factory()
-    pool = geviso.Pool(factory, [host.address, dead1, dead2], min_connections=2, reconnect_wait=0.05)
+    pool = geviso.Pool(factory, [host.address, dead1, dead2], min_connections=2, reconnect_wait=0.05, jitter=0)
     with pytest.raises(geviso.ConnectErrors) as caught:
         pool.connect()
     errors = caught.value.errors
@@ -342,13 +342,36 @@ def test_connect_fails_below_min_connections_closing_everything(hosts):
     assert all(isinstance(e, geviso.ConnectFailed) for e in errors)
     assert dead1.split(":")[1] in str(errors[0]) and dead2.split(":")[1] in str(errors[1])
     assert "1 of 3" in str(caught.value)
+    # A report, not a death: the pool serves with what it has and keeps dialling.
+    assert not pool.closed and pool.is_up
+    assert echo(pool, 1)["39"] == "00"
+    calls = len(factory.calls)
+    assert wait_until(lambda: len(factory.calls) > calls + 2)
+    second = Host(port=int(dead1.split(":")[1]))  # the host comes back: the pool finds it
+    try:
+        assert wait_until(lambda: len(pool.usable) == 2)
+    finally:
+        pool.close()
+        second.kill()
     assert pool.closed
-    assert wait_until(lambda: host.accepted == 1 and not host.open_links)  # the good link closed too
+    assert wait_until(lambda: not host.open_links)
     calls = len(factory.calls)
     gevent.sleep(0.3)
-    assert len(factory.calls) == calls  # no loop left retrying
+    assert len(factory.calls) == calls  # close() stopped every loop
     with pytest.raises(geviso.PoolClosed):
         pool.get()
+
+
+def test_a_with_block_whose_connect_fails_closes_its_pool():
+    factory = Factory()
+    pool = geviso.Pool(factory, [dead_address()], reconnect_wait=0.05)
+    with pytest.raises(geviso.ConnectErrors):
+        with pool:
+            pytest.fail("the block must not run")
+    assert pool.closed
+    calls = len(factory.calls)
+    gevent.sleep(0.3)
+    assert len(factory.calls) == calls
 
 
 def test_min_connections_zero_never_fails(hosts):
