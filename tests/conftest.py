@@ -222,3 +222,36 @@ def _geviso_log_levels() -> Iterator[None]:
     yield
     for name in levels():
         logging.getLogger(name).setLevel(before.get(name, logging.NOTSET))
+
+
+def outcome_of(send: Callable[..., Any], doc: dict[str, str], **options: Any) -> Any:
+    """``send(doc, **options)``'s response, or the GevisoError it raised (returned): for
+    sends run in greenlets whose outcomes a test checks afterwards."""
+    try:
+        return send(doc, **options)
+    except geviso.GevisoError as exc:
+        return exc
+
+
+def stateful_tests(machine: Any, examples: int, *, steps: int) -> tuple[type, type]:
+    """A hypothesis state machine's test case for ``make test`` (``examples`` runs) and a
+    ``slow`` one for ``make soak`` (``GEVISO_SOAK_EXAMPLES``, default 200)."""
+    from hypothesis import HealthCheck, settings
+
+    def make(runs: int) -> settings:
+        return settings(
+            max_examples=runs,
+            stateful_step_count=steps,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        )
+
+    fast = type(f"Test{machine.__name__}", (machine.TestCase,), {"settings": make(examples)})
+    soak = type(f"Test{machine.__name__}Soak", (machine.TestCase,), {"settings": make(_soak_examples())})
+    return fast, pytest.mark.slow(soak)
+
+
+def _soak_examples() -> int:
+    import os
+
+    return int(os.environ.get("GEVISO_SOAK_EXAMPLES", "200"))

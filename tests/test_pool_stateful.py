@@ -9,15 +9,13 @@ nothing is left: no link open, no loop running, no host holding a link."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from typing import Any, Optional
 
 import gevent
 import pytest
-from conftest import wait_until
-from hypothesis import HealthCheck, settings
+from conftest import outcome_of, stateful_tests, wait_until
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from iso8583.specs import default as spec
@@ -101,7 +99,7 @@ class PoolUnderFlapping(RuleBasedStateMachine):
             self.stan += 1
             stan = "%06d" % self.stan
             timeout = SEND_TIMEOUT if per_call else None
-            job = gevent.spawn(_outcome, self.pool, {"t": "0200", "11": stan}, timeout)
+            job = gevent.spawn(outcome_of, self.pool.send, {"t": "0200", "11": stan}, timeout=timeout)
             self.pending.append((stan, time.monotonic(), job))
         gevent.sleep(0.01)
         if kill is not None:
@@ -146,26 +144,4 @@ class PoolUnderFlapping(RuleBasedStateMachine):
                 host.kill()
 
 
-def _outcome(pool: geviso.Pool, doc: dict[str, str], timeout: Optional[float]) -> Any:
-    try:
-        return pool.send(doc, timeout=timeout)
-    except geviso.GevisoError as exc:
-        return exc
-
-
-def _settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        stateful_step_count=15,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    )
-
-
-TestPoolUnderFlapping = PoolUnderFlapping.TestCase
-TestPoolUnderFlapping.settings = _settings(25)
-
-
-@pytest.mark.slow
-class TestPoolUnderFlappingSoak(PoolUnderFlapping.TestCase):  # type: ignore[misc,valid-type]
-    settings = _settings(int(os.environ.get("GEVISO_SOAK_EXAMPLES", "200")))
+TestPoolUnderFlapping, TestPoolUnderFlappingSoak = stateful_tests(PoolUnderFlapping, 25, steps=15)

@@ -8,14 +8,12 @@ links closed, nothing is left: no link, no handler."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Optional
 
 import gevent
 import pytest
-from conftest import respond, wait_until
-from hypothesis import HealthCheck, settings
+from conftest import outcome_of, respond, stateful_tests, wait_until
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from iso8583.specs import default as spec
@@ -53,7 +51,7 @@ class ServerStop(RuleBasedStateMachine):
         self.stan += 1
         stan = "%06d" % self.stan
         doc = {"t": "0200", "11": stan, "37": "%012d" % delay_ms}
-        self.sends.append((stan, delay_ms / 1000.0, gevent.spawn(_outcome, self.clients[client], doc)))
+        self.sends.append((stan, delay_ms / 1000.0, gevent.spawn(outcome_of, self.clients[client].send, doc)))
         gevent.sleep(0.01)  # time to reach the server, mostly: the handler runs before the next step
 
     @rule(ms=st.sampled_from([0, 10, 50]))
@@ -99,26 +97,4 @@ class ServerStop(RuleBasedStateMachine):
                 conn.fail("test over")
 
 
-def _outcome(conn: geviso.Connection, doc: dict[str, str]) -> Any:
-    try:
-        return conn.send(doc)
-    except geviso.GevisoError as exc:
-        return exc
-
-
-def _settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        stateful_step_count=12,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    )
-
-
-TestServerStop = ServerStop.TestCase
-TestServerStop.settings = _settings(10)
-
-
-@pytest.mark.slow
-class TestServerStopSoak(ServerStop.TestCase):  # type: ignore[misc,valid-type]
-    settings = _settings(int(os.environ.get("GEVISO_SOAK_EXAMPLES", "200")))
+TestServerStop, TestServerStopSoak = stateful_tests(ServerStop, 10, steps=12)
