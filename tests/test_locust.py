@@ -32,7 +32,7 @@ from locust import User, constant, task  # noqa: E402
 from locust.argument_parser import parse_locustfile_paths  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.event import Events  # noqa: E402
-from locust.main import merge_locustfiles_content  # noqa: E402
+from locust.util.load_locustfile import load_locustfile  # noqa: E402
 
 import geviso  # noqa: E402
 from geviso import locust as gl  # noqa: E402
@@ -50,7 +50,10 @@ FULL_PAN = re.compile(r"(?<!\d)(?:%s)\d{7,13}(?!\d)" % "|".join(TEST_BIN_PREFIXE
 
 def scenario_classes() -> dict[str, type[User]]:
     """The User classes ``locust -f loadtests`` picks up, loaded the way Locust loads them."""
-    user_classes, _, _, _ = merge_locustfiles_content(parse_locustfile_paths([str(LOADTESTS)]))
+    user_classes: dict[str, type[User]] = {}
+    for path in parse_locustfile_paths([str(LOADTESTS)]):
+        loaded = load_locustfile(path)  # (doc, users, shapes) up to Locust 2.3x, (users, shapes) since
+        user_classes.update(loaded[-2])
     return user_classes
 
 
