@@ -3,8 +3,9 @@
 ``POST /authorize`` with ``{"pan": "4111111111111111", "amount": 1250}`` (amount in
 minor units; ``currency``, ``terminal`` and ``merchant`` optional) sends a 0100 and
 answers ``{"approved": true, "response_code": "00", ...}``. ``GET /health`` reports the
-pool's state (503 when no link is usable); ``GET /metrics`` serves Prometheus text when
-prometheus-client is installed.
+pool's state as plain data (503 when no link is usable); ``GET /metrics`` serves
+Prometheus text when prometheus-client is installed: summed over every worker under
+gunicorn (see ``worker_metrics.py``), this process's pool under any other server.
 
 One pool per worker process, created after the fork: ``gunicorn.conf.py`` calls
 :func:`start_pool` from ``post_worker_init``, and :func:`pool` creates one lazily in any
@@ -27,9 +28,17 @@ import geviso
 
 HOSTS = [h.strip() for h in os.environ.get("GEVISO_HOSTS", "127.0.0.1:8583").split(",") if h.strip()]
 TIMEOUT = float(os.environ.get("GEVISO_TIMEOUT", "5"))
+#: The ``name`` label of this app's metrics.
+METRICS_NAME = "authorize"
+
+try:
+    import worker_metrics  # needs prometheus-client; multiprocess mode when its folder is set
+except ImportError:
+    worker_metrics = None
 
 _pool: Optional[geviso.Pool] = None
 _pool_pid: Optional[int] = None
+_pools_made = 0  # pools this process has made: 1 in a healthy worker
 _lock = gevent.lock.Semaphore()
 
 
@@ -49,13 +58,21 @@ def sign_off(conn: geviso.Connection) -> None:
         pass
 
 
+def multiprocess_metrics() -> bool:
+    """True when the metrics are summed over pre-forked workers (gunicorn.conf.py)."""
+    return worker_metrics is not None and worker_metrics.enabled()
+
+
 def factory(address: Any) -> geviso.Connection:
-    return geviso.Connection(address, spec, send_timeout=TIMEOUT, on_connect=sign_on, on_close=sign_off)
+    listeners = [worker_metrics.listener(METRICS_NAME)] if multiprocess_metrics() else []
+    return geviso.Connection(
+        address, spec, send_timeout=TIMEOUT, on_connect=sign_on, on_close=sign_off, listeners=listeners
+    )
 
 
 def pool() -> geviso.Pool:
     """This process's pool, created and connected on first use in each process."""
-    global _pool, _pool_pid
+    global _pool, _pool_pid, _pools_made
     if _pool is None or _pool_pid != os.getpid():
         with _lock:
             if _pool is None or _pool_pid != os.getpid():
@@ -63,12 +80,13 @@ def pool() -> geviso.Pool:
                                   filter=lambda conn: conn.status == "online")
                 new.connect()
                 _pool, _pool_pid = new, os.getpid()
-                try:
+                _pools_made += 1
+                if multiprocess_metrics():
+                    worker_metrics.watch(new, METRICS_NAME)
+                elif worker_metrics is not None:  # one process: geviso's collector reads the pool
                     from geviso.metrics import prometheus
-                except ImportError:
-                    pass
-                else:
-                    prometheus.register(new, "authorize")
+
+                    prometheus.register(new, METRICS_NAME)
     return _pool
 
 
@@ -148,9 +166,33 @@ def authorize(body: bytes) -> Reply:
 
 
 def health() -> Reply:
+    """Plain state: the worker, whether its pool is up, each address's state, counters."""
     p = pool()
-    data = {"pid": os.getpid(), "pool": id(p), "up": p.is_up, "degraded": p.is_degraded, "stats": p.stats}
+    stats = p.stats
+    data = {
+        "pid": os.getpid(),
+        "pools": _pools_made,
+        "up": p.is_up,
+        "degraded": p.is_degraded,
+        "addresses": {a["address"]: a["state"] for a in stats["addresses"]},
+        "stats": {k: v for k, v in stats.items() if k != "addresses"},
+    }
     return ("200 OK" if p.is_up else "503 Service Unavailable"), data
+
+
+def metrics() -> tuple[str, bytes, str]:
+    """Prometheus text: (status, body, content type)."""
+    if worker_metrics is None:
+        return "404 Not Found", b'{"error": "prometheus-client is not installed"}', "application/json"
+    p = pool()
+    if multiprocess_metrics():
+        worker_metrics.refresh(p, METRICS_NAME)  # this worker's gauges as of now
+        body, content_type = worker_metrics.scrape()
+    else:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body, content_type = generate_latest(), CONTENT_TYPE_LATEST
+    return "200 OK", body, content_type
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -164,20 +206,12 @@ def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
         status, data = health()
         payload = json.dumps(data).encode()
     elif (method, path) == ("GET", "/metrics"):
-        try:
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-        except ImportError:
-            status, payload = "404 Not Found", b'{"error": "prometheus-client is not installed"}'
-        else:
-            pool()
-            status, payload, content_type = "200 OK", generate_latest(), CONTENT_TYPE_LATEST
+        status, payload, content_type = metrics()
     else:
         status, payload = "404 Not Found", b'{"error": "POST /authorize, GET /health or GET /metrics"}'
-    p = _pool if _pool_pid == os.getpid() else None
     start_response(status, [
         ("Content-Type", content_type),
         ("Content-Length", str(len(payload))),
         ("X-Geviso-Worker", str(os.getpid())),
-        ("X-Geviso-Pool", str(id(p)) if p is not None else "none"),
     ])
     return [payload]
