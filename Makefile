@@ -35,6 +35,10 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/geviso bench
 
+# sdist and wheel, twine check, and the wheel installed in a fresh venv runs the quickstart.
+package: $(STAMP)
+	$(BIN)/python .ci/check_package.py
+
 # The documentation site (docs/, mkdocs.yml) into site/; any warning fails the build.
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site

@@ -41,6 +41,8 @@ setup(
             "pyyaml>=6",
             "types-PyYAML",
             "nox>=2024.3",
+            "build>=1",
+            "twine>=5",
             "selenium>=4.10",
             "psycopg[binary]>=3.1.14",
             "dpkt>=1.9",

@@ -3,8 +3,8 @@
 Workloads (``--workload``, comma-separated; default all but ``memory``):
 
 ``burst``
-    REFERENCE section 7: one link, the mock host in this process, 0800 with field 11
-    only, bursts of 100 / 1,000 / 10,000 / 100,000 concurrent sends timed end to end,
+    One link, the mock host in this process, 0800 with field 11 only (the shape of
+    moov-io/iso8583-connection's own benchmark), bursts of 100 / 1,000 / 10,000 / 100,000 concurrent sends timed end to end,
     each from its own raw greenlet. Each size runs back to back until it has sent
     ``--messages`` (default 100,000; ``burst 1,000 x100``). Each row also shows the cyclic GC's
     share of the time. Each size is followed by ``greenlets N``: as many raw greenlets
@@ -699,7 +699,12 @@ def run_memory(spec: Spec, framing_name: str, messages: int, concurrency: int = 
 def build_parser() -> argparse.ArgumentParser:
     """The ``geviso bench`` command line."""
     parser = argparse.ArgumentParser(
-        prog="geviso bench", description="Measure geviso's throughput and latency (see the module docstring)."
+        prog="geviso bench",
+        description="Measure geviso's throughput and latency against a mock host, and check that every "
+        "response matched its own request. Workloads: burst (N concurrent sends on one link, host in this "
+        "process), closed-loop (C senders against a mock host process), codec (encode and decode alone), "
+        "transport (a bare gevent client against the same echo, for comparison), memory (1,000,000 messages "
+        "against 10,000; long). Exit status 1 if any response did not match.",
     )
     parser.add_argument("--workload", default=",".join(DEFAULT_WORKLOADS),
                         help=f"comma-separated: {', '.join(WORKLOADS)} or all (default: all but memory)")
@@ -828,20 +833,18 @@ def _maybe(external: Optional[tuple[str, int]], start: Callable[[], Any]) -> Ite
 
 
 def summary(results: Sequence[Result], codec_cost_ns: Optional[float] = None) -> list[str]:
-    """The issue's targets, checked against what was measured."""
+    """Ratios between the rows that say what the figures mean together: how a large
+    burst compares with small ones (with the GC's and the harness's shares taken out),
+    and the link's cost over a bare client's."""
     lines = []
     by_label = {(r.workload, r.label): r for r in results}
     loop100 = by_label.get(("closed-loop", "C=100"))
     if loop100 is not None:
-        verdict = "meets" if loop100.rate >= 15_000 else "misses"
-        lines.append(f"closed-loop C=100: {loop100.rate:,.0f} round trips/s ({verdict} the 15,000 target)")
+        lines.append(f"closed-loop C=100: {loop100.rate:,.0f} round trips/s")
     b1k, b100k = by_label.get(("burst", "burst 1,000")), by_label.get(("burst", "burst 100,000"))
     if b1k is not None and b100k is not None:
         ratio = b100k.ns_per_msg / b1k.ns_per_msg
-        rate = "meets" if b100k.rate >= 20_000 else "misses"
-        linear = "meets" if ratio <= 1.2 else "misses"
-        lines.append(f"burst 100,000: {b100k.rate:,.0f} msg/s ({rate} the 20,000 target), {ratio:.2f} x 100 x "
-                     f"the 1,000 burst's time ({linear} the 1.2x linearity target)")
+        lines.append(f"burst 100,000: {b100k.rate:,.0f} msg/s, {ratio:.2f} x 100 x the 1,000 burst's time")
         if "gc_seconds" in b1k.extra and "gc_seconds" in b100k.extra:
             outside = _outside_gc_ns(b100k) / _outside_gc_ns(b1k)
             lines.append(f"burst 100,000 less the cyclic GC's collections ({_gc_share(b100k)} of its time, "
@@ -871,10 +874,9 @@ def summary(results: Sequence[Result], codec_cost_ns: Optional[float] = None) ->
             continue
         if mine is not None:
             ratio = (mine.ns_per_msg - codec_cost_ns) / bare.ns_per_msg
-            verdict = "meets" if ratio <= 1.5 else "misses"
             lines.append(f"connection overhead C={level}: geviso client {mine.ns_per_msg:,.0f} ns/rt - its codec "
                          f"{codec_cost_ns:,.0f} ns = {ratio:.2f} x the bare client's {bare.ns_per_msg:,.0f} ns "
-                         f"on the same echo host ({verdict} the 1.5x target)")
+                         f"on the same echo host")
         if loop is not None:
             ratio = (loop.ns_per_msg - 2 * codec_cost_ns) / bare.ns_per_msg
             lines.append(f"whole stack C={level}: geviso client and mock host {loop.ns_per_msg:,.0f} ns/rt - both "

@@ -58,7 +58,8 @@ def test_summary_tells_geviso_apart_from_the_gc_and_the_greenlet_per_send_harnes
 
     lines = bench.summary([run("burst 1,000", 2.0, 0.1), run("greenlets 1,000", 1.0, 0.1),
                            run("burst 100,000", 2.5, 0.4), run("greenlets 100,000", 1.4, 0.3)])
-    assert "1.25 x 100 x the 1,000 burst's time (misses the 1.2x linearity target)" in lines[0]
+    assert lines[0].endswith("1.25 x 100 x the 1,000 burst's time")
+    assert not any("target" in line for line in lines)  # figures, no verdicts
     # outside the GC: (2.5 - 0.4) / (2.0 - 0.1) = 1.11
     assert lines[1] == ("burst 100,000 less the cyclic GC's collections (16% of its time, 5% of the 1,000 "
                         "bursts'): 1.11 x")
