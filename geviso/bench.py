@@ -5,9 +5,9 @@ Workloads (``--workload``, comma-separated; default all but ``memory``):
 ``burst``
     One link, the mock host in this process, 0800 with field 11 only (the shape of
     moov-io/iso8583-connection's own benchmark), bursts of 100 / 1,000 / 10,000 /
-    100,000 concurrent sends timed end to end, each from its own raw greenlet. Each size runs back to back until it has sent
-    ``--messages`` (default 100,000; ``burst 1,000 x100``). Each row also shows the cyclic GC's
-    share of the time. Each size is followed by ``greenlets N``: as many raw greenlets
+    100,000 concurrent sends timed end to end, each from its own raw greenlet. Each
+    size runs back to back until it has sent ``--messages`` (default 100,000;
+    ``burst 1,000 x100``). Each row also shows the cyclic GC's share of the time. Each size is followed by ``greenlets N``: as many raw greenlets
     that each block once, without geviso, the harness's own cost.
 ``closed-loop``
     ``--concurrency`` senders (default 1, 10, 100) on one link, each sending the next
