@@ -7,8 +7,9 @@ Workloads (``--workload``, comma-separated; default all but ``memory``):
     moov-io/iso8583-connection's own benchmark), bursts of 100 / 1,000 / 10,000 /
     100,000 concurrent sends timed end to end, each from its own raw greenlet. Each
     size runs back to back until it has sent ``--messages`` (default 100,000;
-    ``burst 1,000 x100``). Each row also shows the cyclic GC's share of the time. Each size is followed by ``greenlets N``: as many raw greenlets
-    that each block once, without geviso, the harness's own cost.
+    ``burst 1,000 x100``). Each row also shows the cyclic GC's share of the time.
+    Each size is followed by ``greenlets N``: as many raw greenlets that each block
+    once, without geviso, the harness's own cost.
 ``closed-loop``
     ``--concurrency`` senders (default 1, 10, 100) on one link, each sending the next
     0200 (15 fields, ``iso8583.specs.default``) when its answer arrives; the mock host
