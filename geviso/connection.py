@@ -905,7 +905,7 @@ class Connection:
             if self.inline_inbound:
                 self._run_handler(self.on_inbound, self, doc)
             else:
-                self._inbound_pool.spawn(self._run_handler, self.on_inbound, self, doc)
+                self._inbound_pool.spawn(self._run_spawned, self.on_inbound, self, doc)
         elif response:
             if late and self.on_error is None:  # counted in stats.late; no log line per message
                 log.debug("late response %s on %s", masking.describe(doc), self)
@@ -939,7 +939,25 @@ class Connection:
 
     # -- handlers and errors ----------------------------------------------------------
     def _spawn_handler(self, handler: Handler, *args: Any) -> gevent.Greenlet:
-        return gevent.spawn(self._run_handler, handler, *args)
+        return gevent.spawn(self._run_spawned, handler, *args)
+
+    def _run_spawned(self, handler: Handler, *args: Any) -> None:
+        """:meth:`_run_handler` in a greenlet of its own, where a ``BaseException``
+        (e.g. a ``gevent.Timeout`` the handler let escape) is reported too: gevent
+        would print the greenlet's arguments, a message with its PAN. Inline, such an
+        exception stops the reader instead, which fails the link."""
+        try:
+            self._run_handler(handler, *args)
+        except (gevent.GreenletExit, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: B036 - reported, not printed with the message
+            self.stats.errors += 1
+            if handler is self.on_error:  # not to itself again
+                log.error("on_error handler of %s failed: %s", self, type(exc).__name__)
+                return
+            failure = errors.GevisoError(f"{getattr(handler, '__name__', 'handler')} raised {type(exc).__name__}")
+            failure.__cause__ = exc
+            self._report(failure)
 
     def _run_handler(self, handler: Handler, *args: Any) -> None:
         """Run a user handler; nothing escapes, since gevent would print the greenlet's

@@ -97,3 +97,24 @@ def test_close_bounds_an_on_close_that_blocks_on_something_else(echo_host, links
     with pytest.raises(geviso.GevisoError):
         conn.close(timeout=0.3)
     assert time.monotonic() - started < 3.0 and conn.state == "closed"
+
+
+def test_a_base_exception_from_a_spawned_handler_is_reported_without_the_message(echo_host, links, capfd):
+    """Not inline: the handler's own greenlet ends, the error is reported, the link
+    stays up, and gevent never prints the greenlet's arguments (the message, PAN and all)."""
+    pan = "4111111111111111"
+    reported: list[BaseException] = []
+
+    def handler(conn: geviso.Connection, doc: dict[str, str]) -> None:
+        raise gevent.Timeout()
+
+    def peer_request(conn: geviso.Connection, doc: dict[str, str]) -> None:
+        conn.reply({"t": "0200", "11": "424242", "2": pan, "4": "000000000100"})
+        conn.reply(respond(doc))
+
+    echo_host.answer = peer_request
+    conn = links(echo_host.address, on_inbound=handler, on_error=reported.append)
+    assert conn.send(ECHO)["t"] == "0810"
+    gevent.sleep(0.1)
+    assert reported and "Timeout" in str(reported[0]) and conn.state == "open"
+    assert pan not in capfd.readouterr().err
