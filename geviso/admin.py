@@ -45,6 +45,7 @@ from .connection import Address, parse_address
 from .errors import AdminError, ConfigurationError, NotFound
 from .journal import masked
 from .masking import mask_text
+from .options import seconds
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ class AdminServer:
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop serving; requests in progress get ``timeout`` seconds."""
-        self._server.stop(timeout=timeout)
+        self._server.stop(timeout=seconds(timeout, "timeout"))
 
     def __enter__(self) -> AdminServer:
         return self.start()

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Union
 from urllib.parse import quote, urlencode
 
 from .errors import AdminError
+from .options import seconds
 
 RuleKey = Union[int, str]
 
@@ -31,7 +32,7 @@ class AdminClient:
     def __init__(self, url: str, *, token: Optional[str] = None, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self.token = token
-        self.timeout = timeout
+        self.timeout = seconds(timeout, "timeout", positive=True)
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
         """One call: ``body`` sent as JSON; the decoded JSON (the text with ``raw``) back."""

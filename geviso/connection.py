@@ -40,7 +40,7 @@ from .errors import (
 from .framing import TPDU_SIZE, Framing, FramingLike
 from .framing import resolve as resolve_framing
 from .metrics import LinkStats
-from .options import seconds
+from .options import optional_seconds, seconds
 from .ratelog import SummaryLog
 from .stan import MAX_STAN, StanGenerator
 from .tls import wrap as tls_wrap
@@ -1006,6 +1006,7 @@ class Connection:
         closes the socket, then runs ``on_closed``. An ``on_close`` error is raised after
         the link is closed, never swallowed.
         """
+        timeout = optional_seconds(timeout, "timeout")
         state = self._state
         if state == NEW:
             raise NotConnected("close() before connect(): there is no link to close")

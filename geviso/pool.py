@@ -148,11 +148,14 @@ class Pool:
     ``filter(conn)``. ``strategy`` picks among usable links: ``"round-robin"``,
     ``"primary-secondary"`` (the first usable in address order, so traffic fails over to
     the next address and back when the first returns) or a callable ``(links, doc) ->
-    link``.
+    link`` given the usable links not yet tried for this request: anything else it
+    returns but None ("none fits") is replaced by the first of them, and counted in
+    :attr:`strategy_fallbacks`.
 
     Fork: a pool belongs to the process that built it. In a forked child the inherited
     links are dropped at once without writing anything (the parent keeps using them) and,
-    at the child's first use, the pool dials links of its own.
+    at the child's first use, the pool dials links of its own; a child that only closes
+    the pool makes no traffic at all.
     """
 
     def __init__(

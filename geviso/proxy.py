@@ -29,6 +29,7 @@ from . import capture as capture_mod
 from . import specs
 from .connection import Address, Connection, parse_address
 from .errors import ConfigurationError, ConnectionClosed, DuplicateKey, GevisoError
+from .options import seconds
 from .pool import Pool
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class RecordingProxy(Front):
         self.tls = tls
         self.server_hostname = server_hostname
         self.connections = connections
-        self.timeout = timeout
+        self.timeout = seconds(timeout, "timeout", positive=True)
         self.spec_name = spec_name
         self.writer: Optional[capture_mod.CaptureWriter] = None
         self.pool: Optional[Pool] = None

@@ -26,6 +26,7 @@ from .codec import Spec
 from .connection import Address, Connection, close_quietly, parse_address
 from .errors import ConfigurationError, GevisoError
 from .framing import Framing
+from .options import seconds
 from .refresh import DiffReport, Refresher
 from .rrn import RrnGenerator
 from .stan import MAX_STAN, StanGenerator
@@ -160,7 +161,7 @@ class Replayer:
         self.connections = connections
         self.concurrency = concurrency
         self.speed = speed
-        self.timeout = timeout
+        self.timeout = seconds(timeout, "timeout", positive=True)
         self.compare = tuple(compare)
         self.refresher = Refresher(StanGenerator(stan_start(node, nodes)), RrnGenerator(node))
 

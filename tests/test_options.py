@@ -30,7 +30,26 @@ BUILDERS: dict[str, Callable[[Any], Any]] = {
     "echo_interval": lambda v: geviso.MockHost(("127.0.0.1", 0), echo_interval=v),
     "echo_timeout": lambda v: geviso.MockHost(("127.0.0.1", 0), echo_timeout=v),
     "timeout": lambda v: keepalive.echo_handler(v),
+    "poll_interval": lambda v: _saf()(None, "/nonexistent/saf.db", poll_interval=v),
+    "retry_wait": lambda v: _policy()(retry_wait=v, max_wait=max(v, 60) if isinstance(v, int) else 60),
+    "proxy timeout": lambda v: _module("proxy").RecordingProxy(("127.0.0.1", 1), timeout=v),
+    "replay timeout": lambda v: _module("replay").Replayer(("127.0.0.1", 1), spec, timeout=v),
+    "admin client timeout": lambda v: _module("adminclient").AdminClient("http://127.0.0.1:1", timeout=v),
 }
+
+
+def _module(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f"geviso.{name}")
+
+
+def _saf() -> Any:
+    return _module("saf.forwarder").StoreAndForward
+
+
+def _policy() -> Any:
+    return _module("saf.core").Policy
 # None means "off" or "the default" for these.
 NONE_ALLOWED = {"echo_interval"}
 
@@ -44,7 +63,16 @@ def test_every_time_option_refuses_what_no_timer_can_use(name, value):
     with pytest.raises(geviso.ConfigurationError) as info:
         BUILDERS[name](value)
     text = str(info.value)
-    assert name in text and "\n" not in text and len(text) < 200
+    assert name.split()[-1] in text and "\n" not in text and len(text) < 200
+
+
+def test_a_store_and_forward_expiry_may_be_weeks_but_not_nan_or_forever():
+    policy = _policy()
+    assert policy(expire_after=30 * 86_400).expire_after == 30 * 86_400
+    assert policy(expire_after=None).expire_after is None
+    for bad in (math.nan, math.inf, 0, True, 10**400):
+        with pytest.raises(geviso.ConfigurationError, match="expire_after"):
+            policy(expire_after=bad)
 
 
 def test_mock_host_read_timeout_none_means_never_and_bad_values_are_refused():

@@ -69,3 +69,30 @@ def test_stop_returns_within_its_timeout_when_a_handler_never_answers():
     assert time.monotonic() - started < 2.5  # the timeout plus generous slack, not 30 s
     with pytest.raises(geviso.ConnectionClosed):
         sending.get(timeout=5)
+
+
+def test_mock_host_stop_returns_within_its_timeout_with_delayed_answers_pending():
+    host = geviso.MockHost(("127.0.0.1", 0), rules=[{"delay_ms": 30_000}])
+    host.start()
+    conn = client(host)
+    waiting = gevent.spawn(conn.send, {"t": "0200"})
+    assert wait_until(lambda: host.pending == 1)
+    started = time.monotonic()
+    host.stop(timeout=0.5)
+    assert time.monotonic() - started < 2.5  # the timeout and generous slack, not 30 s
+    with pytest.raises(geviso.ConnectionClosed):
+        waiting.get(timeout=5)
+    assert host.pending == 0 and not host.connections
+
+
+def test_a_nan_or_negative_close_timeout_is_refused_before_closing():
+    server = slow_server(0)
+    conn = client(server)
+    try:
+        for bad in (float("nan"), -1, float("inf")):
+            with pytest.raises(geviso.ConfigurationError, match="timeout"):
+                conn.close(timeout=bad)
+        assert not conn.closed
+        conn.close(timeout=1)
+    finally:
+        server.stop(timeout=1)

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from ..codec import transmission_datetime
 from ..errors import ConfigurationError
+from ..options import MAX_SECONDS, number, seconds
 
 #: Entry states: waiting to be (re)sent, or given up on (a dead letter, with a reason).
 PENDING, DEAD = "pending", "dead"
@@ -29,6 +30,9 @@ REVERSAL_FIELDS = (
 )  # fmt: skip
 #: Reversal reason (field 39): "68", response received too late.
 LATE_RESPONSE = "68"
+
+#: The longest ``expire_after``: a year (a dead letter after that is surely a mistake).
+MAX_EXPIRE_AFTER = 366 * MAX_SECONDS
 
 
 def repeat_mti(mti: str) -> str:
@@ -183,6 +187,11 @@ class Policy:
     accepted_codes: Optional[frozenset[str]] = field(default=None)
 
     def __post_init__(self) -> None:
+        seconds(self.retry_wait, "retry_wait", positive=True)
+        seconds(self.max_wait, "max_wait", positive=True)
+        if self.expire_after is not None:  # a store may keep messages for weeks
+            number(self.expire_after, "expire_after", low_open=True, high=MAX_EXPIRE_AFTER)
+        number(self.backoff, "backoff", low=1.0, high=1000.0, unit="a factor")
         if self.retry_wait <= 0 or self.max_wait < self.retry_wait:
             raise ConfigurationError("retry_wait must be > 0 and max_wait >= retry_wait")
         if self.backoff < 1:

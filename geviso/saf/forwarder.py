@@ -36,6 +36,7 @@ from ..errors import (
     StoreError,
 )
 from ..metrics import SafStats
+from ..options import optional_seconds, seconds
 from ..stan import StanGenerator
 from .core import DELIVERED, EXPIRE, LATE_RESPONSE, Entry, Policy, build_reversal, check_doc, dumps
 from .store import Store, Txn, open_store
@@ -109,8 +110,9 @@ class StoreAndForward:
         on_expired: Optional[Handler] = None,
         forward: bool = True,
     ) -> None:
-        if timeout <= 0 or poll_interval <= 0:
-            raise ConfigurationError("timeout and poll_interval must be > 0 seconds")
+        timeout = seconds(timeout, "timeout", positive=True)
+        poll_interval = seconds(poll_interval, "poll_interval", positive=True)
+        lease = optional_seconds(lease, "lease", positive=True)
         if window < 1:
             raise ConfigurationError("window must be >= 1")
         lease = timeout + 30.0 if lease is None else lease
@@ -356,7 +358,7 @@ class StoreAndForward:
 
     def drain(self, timeout: float) -> bool:
         """Wait until no message is pending (dead letters aside); True if so in time."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds(timeout, "timeout")
         while time.monotonic() < deadline:
             if self.refresh_stats().depth == 0 and not len(self._attempts):
                 return True
@@ -372,6 +374,7 @@ class StoreAndForward:
     def close(self, timeout: float = 5.0) -> None:
         """Stop forwarding, let attempts in flight finish (up to ``timeout``), give up
         this process's leases and close the store. Idempotent."""
+        timeout = seconds(timeout, "timeout")
         if self._closed:
             return
         self._closed = True
