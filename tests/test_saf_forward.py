@@ -284,3 +284,17 @@ def test_a_slow_store_never_stalls_the_hub(host, conn, tmp_path):
     ticking.kill()
     assert all(a["39"] == "00" for a in answers)
     assert len(gaps) > 50 and max(gaps) < 0.25  # each commit blocked 0.3 s, but not the hub
+
+
+def test_puts_racing_close_either_are_stored_or_raise_never_hang(conn, tmp_path):
+    saf = saf_of(conn, tmp_path, forward=False)
+    puts = [gevent.spawn_later(i * 0.002, saf.put, advice(i)) for i in range(200)]
+    gevent.sleep(0.01)
+    saf.close()
+    gevent.joinall(puts, timeout=30)
+    assert all(p.ready() for p in puts)
+    stored = [p.value.id for p in puts if p.successful()]
+    assert all(isinstance(p.exception, geviso.StoreError) for p in puts if not p.successful())
+    assert 0 < len(stored) < 200
+    with SqliteStore(str(tmp_path / "saf.db")) as store:
+        assert sorted(e.id for e in store.call(lambda txn: txn.entries(limit=1000))) == sorted(stored)

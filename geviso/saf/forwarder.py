@@ -166,7 +166,9 @@ class StoreAndForward:
         return self._enqueue(op)  # type: ignore[no-any-return]
 
     def _enqueue(self, op: Any) -> Any:
-        if self._closed and self._committer.dead:
+        """Queue ``op`` (a function of a :class:`Txn`, an insert or an acknowledgement)
+        for the next batch and wait for its result."""
+        if self._committer.dead:
             raise StoreError("store and forward is closed")
         done = gevent.event.AsyncResult()
         self._queue.append((op, done))
@@ -183,6 +185,8 @@ class StoreAndForward:
             self._queued.clear()
             batch, self._queue = self._queue, []
             if not batch:
+                if self._closed:
+                    return  # nothing queued, and no yield before this greenlet is dead
                 continue
             inserts = [(op, done) for op, done in batch if isinstance(op, _Insert)]
             acks = [(op, done) for op, done in batch if isinstance(op, _Ack)]
@@ -222,6 +226,8 @@ class StoreAndForward:
         from ``stan`` when missing. Raises :class:`ConfigurationError` for a message
         that is not a request or advice, :class:`EncodeError` for one the spec cannot
         encode (nothing stored), :class:`StoreError` when the store cannot commit."""
+        if self._closed:
+            raise StoreError("store and forward is closed")
         msg = check_doc(doc)
         if "11" not in msg:
             msg["11"] = self.stan.next()
@@ -390,7 +396,12 @@ class StoreAndForward:
             self._submit(lambda txn: txn.release(owner))
         except StoreError as exc:
             log.warning("store and forward: cannot release leases: %s", exc)
+        self._queued.set()  # the committer runs what is queued, then ends
+        self._committer.join(timeout=timeout)
         self._committer.kill()
+        left, self._queue = self._queue, []
+        for _, done in left:  # the store did not answer in time: these never ran
+            done.set_exception(StoreError("store and forward is closed"))
         try:
             self._thread.apply(self.store.close)
         finally:
