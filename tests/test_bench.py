@@ -123,3 +123,19 @@ def test_replay_replays_a_capture_at_full_speed_and_compares_it_with_closed_loop
     (replayed,) = [r for r in report["results"] if r["workload"] == "replay"]
     assert replayed["differ"] == 0 and replayed["messages"] == 300
     assert any(line.startswith("replay --speed max C=5: ") and "of closed-loop's" in line for line in report["summary"])
+
+
+def test_saf_workload_reports_puts_forwards_and_the_sends_beside_it(capsys):
+    report = run_json(capsys, "--workload", "saf", "--messages", "300", "--concurrency", "10")
+    rows = {r["label"]: r for r in report["results"] if r["workload"] == "saf"}
+    assert set(rows) == {
+        "durable puts C=10",
+        "forwards window=64",
+        "sends alone C=10",
+        "sends beside SAF 1000/s C=10",
+        "put to acknowledgement at 1000/s",
+    }
+    assert rows["durable puts C=10"]["matched"] == 300 and rows["durable puts C=10"]["cpu_us_per_msg"] > 0
+    assert rows["forwards window=64"]["matched"] == 300 and rows["forwards window=64"]["failed"] == 0
+    assert rows["put to acknowledgement at 1000/s"]["messages"] > 0
+    assert len(rows["sends beside SAF 1000/s C=10"]["p99_rounds_us"]) == 3

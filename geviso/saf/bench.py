@@ -68,12 +68,12 @@ def durable_puts(spec: Spec, messages: int, concurrency: int) -> Result:
                 latencies.append(time.perf_counter() - started)
 
         share, extra = divmod(messages, concurrency)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu()
         gevent.joinall([gevent.spawn(putter, share + (i < extra)) for i in range(concurrency)], raise_error=True)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _cpu() - cpu
         saf.close()
     return Result("saf", f"durable puts C={concurrency}", messages, seconds, latencies, len(latencies),
-                  concurrency=concurrency)  # fmt: skip
+                  concurrency=concurrency, cpu_us_per_msg=round(cpu / messages * 1e6, 1))  # fmt: skip
 
 
 def forwards(address: tuple[str, int], spec: Spec, framing_name: str, messages: int) -> list[Result]:
@@ -87,16 +87,23 @@ def forwards(address: tuple[str, int], spec: Spec, framing_name: str, messages: 
         gevent.joinall([gevent.spawn(_put_many, stored, messages // 100) for _ in range(100)], raise_error=True)
         stored.close()
         saf = _saf(conn, path, spec, forward=False)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu()
         saf.start()
         saf.drain(600)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _cpu() - cpu
         saf.close()
         total = (messages // 100) * 100
+        cpu_us = round(cpu / max(1, total) * 1e6, 1)
         results.append(Result("saf", f"forwards window={WINDOW}", total, seconds, [], saf.stats.delivered,
-                              total - saf.stats.delivered))  # fmt: skip
+                              total - saf.stats.delivered, cpu_us_per_msg=cpu_us))  # fmt: skip
 
     return results
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, its threads included (the store's thread too)."""
+    times = os.times()
+    return times.user + times.system
 
 
 def _put_many(saf: StoreAndForward, count: int) -> None:
@@ -118,10 +125,16 @@ class _link:
 
 
 def sends_p99(
-    address: tuple[str, int], spec: Spec, framing_name: str, request: dict[str, str], rounds: int = 3
+    address: tuple[str, int],
+    spec: Spec,
+    framing_name: str,
+    request: dict[str, str],
+    rounds: int = 3,
+    seconds: float = ROUND_SECONDS,
 ) -> list[Result]:
-    """Interleaved rounds of 10 closed-loop senders on one link, alone and beside a store
-    and forward putting and forwarding :data:`BACKGROUND_RATE` messages a second."""
+    """Interleaved rounds of 10 closed-loop senders on one link for ``seconds`` each,
+    alone and beside a store and forward putting and forwarding :data:`BACKGROUND_RATE`
+    messages a second."""
     from ..bench import Result
 
     alone: list[list[float]] = []
@@ -136,23 +149,23 @@ def sends_p99(
     with tempfile.TemporaryDirectory() as tmp, _link(address, spec, framing_name) as conn, \
             _link(address, spec, framing_name) as saf_conn:  # fmt: skip
         for i in range(rounds):
-            alone.append(_closed_loop(conn, request, ROUND_SECONDS))
+            alone.append(_closed_loop(conn, request, seconds))
             saf = _saf(saf_conn, os.path.join(tmp, f"saf{i}.db"), spec, on_delivered=delivered)
-            pacer = gevent.spawn(_paced_puts, saf, BACKGROUND_RATE, ROUND_SECONDS + 0.5, begun)
+            pacer = gevent.spawn(_paced_puts, saf, BACKGROUND_RATE, seconds + 0.5, begun)
             gevent.sleep(0.25)
-            beside.append(_closed_loop(conn, request, ROUND_SECONDS))
+            beside.append(_closed_loop(conn, request, seconds))
             pacer.join()
-            rates.append(saf.stats.delivered / (ROUND_SECONDS + 0.5))
+            rates.append(saf.stats.delivered / (seconds + 0.5))
             saf.drain(30)
             saf.close()
     out = []
     for label, runs in (("sends alone", alone), (f"sends beside SAF {BACKGROUND_RATE}/s", beside)):
         p99s = sorted(_p99(run) for run in runs)
         latencies = [x for run in runs for x in run]
-        out.append(Result("saf", f"{label} C=10", len(latencies), rounds * ROUND_SECONDS, latencies, len(latencies),
+        out.append(Result("saf", f"{label} C=10", len(latencies), rounds * seconds, latencies, len(latencies),
                           p99_rounds_us=[round(p * 1e6) for p in p99s],
                           saf_delivered_per_s=[round(r) for r in rates] if runs is beside else None))  # fmt: skip
-    out.append(Result("saf", f"put to acknowledgement at {BACKGROUND_RATE}/s", len(to_ack), rounds * ROUND_SECONDS,
+    out.append(Result("saf", f"put to acknowledgement at {BACKGROUND_RATE}/s", len(to_ack), rounds * seconds,
                       to_ack, len(to_ack)))  # fmt: skip
     return out
 
@@ -211,7 +224,8 @@ def run_saf(
     results = [durable_puts(spec, messages, level) for level in levels]
     with start_host() as (address, _pid):
         results += forwards(address, spec, framing_name, messages)
-        results += sends_p99(address, spec, framing_name, request)
+        seconds = min(ROUND_SECONDS, max(0.3, messages / 6000))  # 3 s at 20,000 messages; less for a quick run
+        results += sends_p99(address, spec, framing_name, request, seconds=seconds)
     return results
 
 

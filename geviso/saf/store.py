@@ -68,13 +68,16 @@ class Txn(abc.ABC):
                 self.dead(entry.id, reason, entry.last_code)
                 entry.state, entry.reason = DEAD, reason
                 dead.append(entry)
-                continue
+            else:
+                entry.attempts += 1
+                claimed.append(entry)
+        for start in range(0, len(claimed), 500):  # one statement per 500 rows
+            ids = [entry.id for entry in claimed[start : start + 500]]
             self.execute(
-                f"UPDATE {TABLE} SET attempts = attempts + 1, lease_owner = ?, lease_until = ? WHERE id = ?",
-                (owner, lease_until, entry.id),
+                f"UPDATE {TABLE} SET attempts = attempts + 1, lease_owner = ?, lease_until = ? "
+                f"WHERE id IN ({', '.join('?' * len(ids))})",
+                (owner, lease_until, *ids),
             )
-            entry.attempts += 1
-            claimed.append(entry)
         return claimed, dead
 
     def ack(self, entry_id: int) -> bool:
