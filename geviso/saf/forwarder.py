@@ -44,6 +44,8 @@ from .store import Store, Txn, open_store
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Seconds between warnings about new dead letters (the first is reported at once).
+DEAD_REPORT_EVERY = 60.0
 Handler = Callable[..., Any]
 
 
@@ -149,6 +151,8 @@ class StoreAndForward:
         self._handlers = gevent.pool.Group()
         self._closed = False
         self._forwarder: Optional[gevent.Greenlet] = None
+        self._dead_reported_at = -DEAD_REPORT_EVERY
+        self._dead_unreported = 0
         try:
             self.store: Store = (
                 store if isinstance(store, Store) else self._thread.apply(open_store, (os.fspath(store),))
@@ -284,6 +288,8 @@ class StoreAndForward:
 
     def _attempt(self, entry: Entry, lease_until: float) -> None:
         """One transmission of ``entry`` (its attempt already counted) and its outcome."""
+        if time.time() + self.timeout >= lease_until:
+            return  # the lease could run out mid-send (a stalled store?): let it, and another forwarder send it
         stats = self.stats
         stats.attempts += 1
         if entry.attempts > 1:
@@ -329,9 +335,18 @@ class StoreAndForward:
 
     def _expired(self, entry: Entry) -> None:
         self.stats.expired += 1
-        log.warning(
+        log.debug(
             "store and forward: entry %d (%s) is a dead letter: %s", entry.id, masking.describe(entry.doc), entry.reason
         )
+        now = time.monotonic()
+        self._dead_unreported += 1
+        if now - self._dead_reported_at >= DEAD_REPORT_EVERY:  # a host may refuse everything: one line a minute
+            log.warning(
+                "store and forward: %d message(s) became dead letters (latest: %s); see geviso saf list --state dead",
+                self._dead_unreported,
+                masking.mask_text(entry.reason),
+            )
+            self._dead_reported_at, self._dead_unreported = now, 0
         if self.on_expired is not None:
             self._run_handler(self.on_expired, entry)
 
