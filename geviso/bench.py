@@ -215,7 +215,8 @@ def _local_mock_host(spec: Spec, framing_name: str) -> Iterator[tuple[tuple[str,
     """A mock host in this process; yields its address and the host."""
     from .mockhost import MockHost
 
-    host = MockHost(("127.0.0.1", 0), spec, framing=framing_by_name(framing_name))
+    # No request journal: the host shares this process, and only geviso's links are measured.
+    host = MockHost(("127.0.0.1", 0), spec, framing=framing_by_name(framing_name), journal_size=0)
     host.start()
     try:
         yield ("127.0.0.1", int(host.server_port)), host

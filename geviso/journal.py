@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from . import rules as rules_mod
 from .errors import ConfigurationError
-from .masking import mask_doc
+from .masking import mask_doc, mask_field
 
 #: Entries a journal keeps unless told otherwise.
 DEFAULT_SIZE = 1000
@@ -88,9 +88,18 @@ class Entry:
         self.rule = rule.name or str(rule.index)
         self.rule_index = rule.index
 
-    def answered(self, answer: Mapping[str, Any]) -> None:
-        """Note the answer written (masked here)."""
-        self.answer = masked(answer)
+    def answered(self, answer: Mapping[str, Any], request: Optional[Mapping[str, Any]] = None) -> None:
+        """Note the answer written (masked here). Fields the answer took from ``request``
+        (the same objects) reuse their masked copies in :attr:`request`."""
+        if request is None:
+            self.answer = masked(answer)
+        else:
+            shown = self.request
+            self.answer = {
+                k: shown[k] if k in shown and request.get(k) is v else mask_field(k, v)
+                for k, v in answer.items()
+                if k not in _SKIPPED
+            }
         self.code = str(answer.get("39", "")) or None
         self.outcome = ANSWERED
         self.latency = time.monotonic() - self.started

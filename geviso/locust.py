@@ -32,6 +32,7 @@ from .codec import Codec, Message, Spec, codec_for, is_response, response_mti, t
 from .connection import Connection, close_quietly, parse_address
 from .framing import BY_NAME as FRAMINGS
 from .framing import Framing, by_name
+from .journal import DEFAULT_SIZE as JOURNAL_SIZE
 from .mockhost import APPROVAL_CODES, MockHost, load_rules
 from .pool import Pool
 from .rrn import RrnGenerator
@@ -575,10 +576,13 @@ def start_mock_host(
     rules: Optional[Sequence[Mapping[str, Any]]] = None,
     bind: str = "127.0.0.1",
     port: int = 0,
+    journal_size: int = 0,
 ) -> MockHost:
     """Start a :class:`~geviso.MockHost` in this process and point ``environment.host``
     at it. Its rules are ``rules`` (default: those of the run's user classes, then of
-    ``--iso-mock-rules``). Stopped at quit; see :func:`mock_host`."""
+    ``--iso-mock-rules``). It keeps a request journal of ``journal_size`` entries (none
+    by default: it shares the process with the users; ``--iso-mock-admin`` keeps one).
+    Stopped at quit; see :func:`mock_host`."""
     rule_set = parse_rules(list(mock_rules_of(environment.user_classes) if rules is None else rules))
     extra = option(environment, "iso_mock_rules") if rules is None else None
     if extra:
@@ -588,6 +592,7 @@ def start_mock_host(
         spec_by_name(option(environment, "iso_spec")),
         framing=by_name(option(environment, "iso_framing")),
         rules=rule_set,
+        journal_size=journal_size,
     )
     host.start()
     _mock_hosts[environment] = host
@@ -733,7 +738,8 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
         from .admin import check_exposure
 
         check_exposure(admin_address, option(environment, "iso_mock_admin_token"))  # before anything listens
-    host = start_mock_host(environment, bind=option(environment, "iso_mock_bind"))
+    journal = JOURNAL_SIZE if admin_address else 0
+    host = start_mock_host(environment, bind=option(environment, "iso_mock_bind"), journal_size=journal)
     h, p = host.address
     print(f"geviso: embedded mock host listening on tcp://{h}:{p}", file=sys.stderr, flush=True)
     if admin_address:

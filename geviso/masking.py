@@ -17,6 +17,8 @@ SECRET_FIELDS = frozenset({"35", "36", "45", "52", "53", "55", "96", "110", "111
 
 #: Text shorter than this cannot hold what the patterns below find (13 PAN digits).
 _SHORTEST_SECRET = 13
+#: What each pattern below needs somewhere in the text: one search rules all three out.
+_SUSPECT = re.compile(r"\d{12}|[0-9A-Fa-f]{16}")
 _LONG_DIGITS = re.compile(r"\d{13,19}")
 #: Track 1 (``B`` PAN ``^`` name ``^`` expiry...) and track 2 (PAN ``=`` expiry...) in free text.
 _TRACK = re.compile(r"B?\d{12,19}\^[^^\n]*\^[^\s'\",}\]]*|\d{12,19}[=D]\d*")
@@ -57,7 +59,7 @@ def mask_text(text: str) -> str:
 
 def _mask_secrets(text: str) -> str:
     """:func:`mask_text` without the escaping: for field values kept as data."""
-    if len(text) < _SHORTEST_SECRET:  # most field values: nothing to look for
+    if len(text) < _SHORTEST_SECRET or not _SUSPECT.search(text):  # most values: nothing to look for
         return text
     text = _TRACK.sub("[track data]", text)
     text = _HEX_SECRET.sub("[redacted]", text)

@@ -382,7 +382,7 @@ class MockHost(MockControl, Server):
                 self._problem(conn, f"an answer could not be encoded: {masking.mask_text(str(exc))}")
             return
         if entry is not None:
-            entry.answered(answer)
+            entry.answered(answer, doc)
         stats.responded += 1
         codes = stats.codes
         codes[code] = codes.get(code, 0) + 1
