@@ -126,6 +126,7 @@ def test_bad_input_gets_400_with_the_rules_file_error_and_changes_nothing(stack)
         ("POST", "/rules", b'{"delay_ms": NaN}', "not valid JSON"),
         ("POST", "/rules?at=9", b'{"code": "05"}', "position is 0 to 1"),
         ("PUT", "/rules", b'[{"code": "05"}, {"action": "explode"}]', "rules[1], key 'action'"),
+        ("POST", "/rules", '{"name": "accented", "code": "\u00e91"}'.encode(), "does not fit the spec"),
         ("PATCH", "/rules/0", b'{"enabled": "no"}', "enabled is true or false"),
         ("PATCH", "/rules/0", b'{"colour": 1}', "unknown key 'colour'"),
         ("POST", "/journal/count", b'{"mti": "x"}', "key 'match.mti'"),
