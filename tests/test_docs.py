@@ -223,6 +223,14 @@ def test_json_block_parses_and_rules_compile(block):
         geviso.rules.parse(data, source=block.where)
 
 
+def test_versions_named_in_the_docs_are_the_package_version():
+    import geviso
+
+    for page in PAGES:
+        for version in re.findall(r"geviso-(\d+\.\d+\.\d+)", page.read_text(encoding="utf-8")):
+            assert version == geviso.__version__, f"{page.relative_to(ROOT)} names geviso {version}"
+
+
 # -- links ------------------------------------------------------------------------------
 def test_relative_links_point_at_files_that_exist():
     broken = []
