@@ -25,6 +25,7 @@ from .stan import StanGenerator
 
 #: How many recorded STANs and RRNs are remembered for follow-ups (reversals, completions).
 REMEMBERED = 100_000
+_DATES = ("7", "12", "13")
 #: How many differing answers a report shows.
 EXAMPLES = 5
 
@@ -75,6 +76,7 @@ class Refresher:
         self._stans: dict[str, str] = {}
         self._rrns: dict[str, str] = {}
         self._sent_at: dict[str, str] = {}  # recorded field 7 -> the one sent
+        self._moved: dict[tuple[Any, ...], tuple[Optional[str], ...]] = {}
 
     def refresh(self, request: Mapping[str, str], recorded: float, now: Optional[float] = None) -> Message:
         """A copy of ``request`` (recorded at ``recorded``, Unix seconds) to send ``now``."""
@@ -88,7 +90,7 @@ class Refresher:
             doc["37"] = fresh if fresh is not None else self._remember(self._rrns, old_rrn, self.rrn.next())
         delta = int(round((time.time() if now is None else now) - recorded))
         old_date = doc.get("7")
-        shift_dates(doc, delta, recorded)
+        self._shift(doc, delta, recorded)
         if old_date is not None:
             self._remember(self._sent_at, old_date, doc["7"])
         original = doc.get("90")
@@ -101,6 +103,24 @@ class Refresher:
                 sent_at = moved["7"]
             doc["90"] = original[:4] + stan + sent_at + original[20:]
         return doc
+
+    def _shift(self, doc: Message, delta: int, recorded: float) -> None:
+        """:func:`shift_dates`, each result kept: many requests share their dates and delta."""
+        dates = (doc.get("7"), doc.get("12"), doc.get("13"))
+        if dates == (None, None, None):
+            return
+        key = (*dates, delta, int(recorded) // 86400)
+        moved = self._moved.get(key)
+        if moved is None:
+            shifted = {name: value for name, value in zip(_DATES, dates) if value is not None}
+            shift_dates(shifted, delta, recorded)
+            moved = (shifted.get("7"), shifted.get("12"), shifted.get("13"))
+            if len(self._moved) >= 4096:
+                self._moved.clear()
+            self._moved[key] = moved
+        for name, value in zip(_DATES, moved):
+            if value is not None:
+                doc[name] = value
 
     @staticmethod
     def _remember(seen: dict[str, str], old: str, fresh: str) -> str:
