@@ -13,7 +13,7 @@ import datetime
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional
 
 from . import capture as capture_mod
@@ -221,22 +221,28 @@ def show_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarise(header: capture_mod.Header, exchanges: Sequence[capture_mod.Exchange]) -> dict[str, Any]:
-    """What ``geviso capture stats`` prints, as data."""
+def summarise(header: capture_mod.Header, exchanges: Iterable[capture_mod.Exchange]) -> dict[str, Any]:
+    """What ``geviso capture stats`` prints, as data (in one pass: a capture may be large)."""
     mtis: dict[str, int] = {}
     codes: dict[str, int] = {}
     per_second: dict[int, int] = {}
-    latencies = sorted(ex.latency_ms for ex in exchanges if ex.latency_ms is not None)
+    latencies: list[float] = []
+    links: set[str] = set()
+    count, first, last = 0, float("inf"), float("-inf")
     for ex in exchanges:
+        count += 1
         mti = ex.request.get("t", "?")
         mtis[mti] = mtis.get(mti, 0) + 1
         code = "none" if ex.answer is None else ex.answer.get("39", "-")
         codes[code] = codes.get(code, 0) + 1
         second = int(ex.time)
         per_second[second] = per_second.get(second, 0) + 1
-    first = min((ex.time for ex in exchanges), default=0.0)
-    last = max((ex.time for ex in exchanges), default=0.0)
-    span = last - first
+        first, last = min(first, ex.time), max(last, ex.time)
+        links.add(ex.link)
+        if ex.latency_ms is not None:
+            latencies.append(ex.latency_ms)
+    latencies.sort()
+    span = last - first if count else 0.0
 
     def q(p: float) -> Optional[float]:
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3) if latencies else None
@@ -246,11 +252,11 @@ def summarise(header: capture_mod.Header, exchanges: Sequence[capture_mod.Exchan
         "source": header.source,
         "framing": header.framing,
         "masked": header.masked,
-        "exchanges": len(exchanges),
-        "links": len({ex.link for ex in exchanges}),
-        "first": _when(first) if exchanges else None,
+        "exchanges": count,
+        "links": len(links),
+        "first": _when(first) if count else None,
         "seconds": round(span, 3),
-        "rate_per_s": round(len(exchanges) / span, 1) if span > 0 else None,
+        "rate_per_s": round(count / span, 1) if span > 0 else None,
         "peak_per_s": max(per_second.values(), default=0),
         "mtis": dict(sorted(mtis.items())),
         "codes": dict(sorted(codes.items())),
@@ -261,8 +267,8 @@ def summarise(header: capture_mod.Header, exchanges: Sequence[capture_mod.Exchan
 
 def stats_command(args: argparse.Namespace) -> int:
     """``geviso capture stats``."""
-    header, exchanges = capture_mod.read(args.capture)
-    data = summarise(header, exchanges)
+    with capture_mod.CaptureReader(args.capture) as reader:
+        data = summarise(reader.header, reader)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
