@@ -110,3 +110,38 @@ def test_mock_host_cli_defaults_close_silent_links(capsys):
     assert options["read_timeout"] == 60 and options["max_echo_failures"] == 2
     args = parser.parse_args(["mock-host", "--read-timeout", "0"])
     assert cli._host_options(args)["read_timeout"] is None  # 0: never
+
+
+def test_the_mock_host_command_drops_stalled_sockets_so_good_clients_get_in():
+    from test_cli import MockHostProcess
+
+    proc = MockHostProcess("--max-connections", "2", "--read-timeout", "0.5", "--log-level", "WARNING")
+    stalled: list[socket.socket] = []
+    links: list[geviso.Connection] = []
+
+    def echo() -> dict[str, str]:
+        link = geviso.Connection(proc.address, spec, send_timeout=2)
+        links.append(link)
+        return link.connect().send({"t": "0800", "70": "301"})
+
+    try:
+        stalled = [stalled_socket(proc.address[1]) for _ in range(2)]
+        answer = None
+        with gevent.Timeout(20, AssertionError("a good client never got in")):
+            while answer is None:
+                gevent.sleep(0.2)
+                try:
+                    answer = echo()
+                except geviso.GevisoError:  # refused while the stalled sockets hold every link
+                    continue
+        assert answer["39"] == "00"
+        assert proc.stop() == 0
+        stats = proc.stats()
+        assert stats["silent_closed"] == "2"
+    finally:
+        for link in links:
+            if link.state not in ("new", "closed"):
+                link.fail("test over")
+        for sock in stalled:
+            sock.close()
+        proc.kill()
