@@ -44,6 +44,20 @@ def blocking(func: Callable[..., Any], *args: Any) -> Any:
     return gevent.get_hub().threadpool.apply(func, args)
 
 
+def in_page(func: Callable[[], Any]) -> Any:
+    """``func`` (Selenium calls) in a thread; None when the page re-rendered the element
+    under it (it rebuilds the rules table when the rules change)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    def call() -> Any:
+        try:
+            return func()
+        except (StaleElementReferenceException, NoSuchElementException):
+            return None
+
+    return blocking(call)
+
+
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
     with gevent.Timeout(timeout, AssertionError(f"the page never showed {what}")):
         while True:
@@ -51,6 +65,13 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> 
             if value:
                 return value
             gevent.sleep(0.2)
+
+
+def click(browser: Any, selector: str, what: str) -> None:
+    """Click the element at ``selector``, again if the page replaced it meanwhile."""
+    from selenium.webdriver.common.by import By
+
+    wait_for(lambda: in_page(lambda: browser.find_element(By.CSS_SELECTOR, selector).click() or True), what)
 
 
 @pytest.fixture
@@ -105,7 +126,7 @@ def test_the_live_page_updates_while_a_client_sends_and_disabling_a_rule_changes
         blocking(browser.get, admin.url + "/")
 
         def text(element_id: str) -> str:
-            return str(blocking(lambda: browser.find_element(By.ID, element_id).text))
+            return str(in_page(lambda: browser.find_element(By.ID, element_id).text) or "")
 
         def received() -> int:
             value = text("received")
@@ -122,16 +143,16 @@ def test_the_live_page_updates_while_a_client_sends_and_disabling_a_rule_changes
         shot = os.environ.get("GEVISO_ADMIN_SCREENSHOT") or str(tmp_path / "admin-page.png")
         assert blocking(browser.save_screenshot, shot)
 
-        blocking(lambda: browser.find_element(By.CSS_SELECTOR, 'tr[data-rule-index="0"] .rule-enabled').click())
+        click(browser, 'tr[data-rule-index="0"] .rule-enabled', "the first rule's checkbox")
         wait_for(lambda: not host.rules.rules[0].enabled, "the rule disabled on the host")
         assert conn.send(request)["39"] == "00"  # the next answer: no longer declined
 
         def row_class() -> str:
             return str(browser.find_element(By.CSS_SELECTOR, 'tr[data-rule-index="0"]').get_attribute("class"))
 
-        wait_for(lambda: "disabled" in blocking(row_class), "the rule shown disabled")
+        wait_for(lambda: "disabled" in str(in_page(row_class)), "the rule shown disabled")
 
-        blocking(lambda: browser.find_element(By.CSS_SELECTOR, 'tr[data-rule-index="0"] .rule-down').click())
+        click(browser, 'tr[data-rule-index="0"] .rule-down', "the first rule's down arrow")
         wait_for(lambda: host.rules.rules[1].name == "terminal 7 declined", "the rule moved down")
     finally:
         sender.kill()
