@@ -324,8 +324,10 @@ def _message(data: Any, where: str, what: str) -> tuple[Message, Optional[str]]:
     return dict(fields), raw
 
 
-def parse_exchange(line: Union[str, bytes], where: str = "line") -> Exchange:
-    """One exchange line; :class:`CaptureError` naming ``where`` if it is malformed."""
+def parse_exchange(line: Union[str, bytes], where: str = "line", *, hex: bool = True) -> Exchange:  # noqa: A002
+    """One exchange line; :class:`CaptureError` naming ``where`` if it is malformed.
+    ``hex=False`` leaves the messages' hex out (playing back and replaying use the
+    fields alone, and the hex is most of a large capture's memory)."""
     try:
         data = json.loads(line)
     except ValueError:  # UnicodeDecodeError included
@@ -351,8 +353,8 @@ def parse_exchange(line: Union[str, bytes], where: str = "line") -> Exchange:
         latency_ms=None if latency is None else float(latency),
         link=str(data.get("link", "")),
         framing=str(data.get("framing", "")),
-        request_hex=request_hex,
-        answer_hex=answer_hex,
+        request_hex=request_hex if hex else None,
+        answer_hex=answer_hex if hex else None,
         error=None if error is None else str(error),
     )
 
@@ -361,8 +363,9 @@ class CaptureReader:
     """Reads a capture: :attr:`header` at once, then iterate for the exchanges (checked
     line by line, a bad line is a :class:`CaptureError` naming its number)."""
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, *, hex: bool = True) -> None:  # noqa: A002
         self.path = os.fspath(path)
+        self.hex = hex
         try:
             self._fh: IO[bytes] = open(self.path, "rb")
         except OSError as exc:
@@ -376,7 +379,7 @@ class CaptureReader:
     def __iter__(self) -> Iterator[Exchange]:
         for number, line in enumerate(self._fh, 2):
             if line.strip():
-                yield parse_exchange(line, f"capture {self.path} line {number}")
+                yield parse_exchange(line, f"capture {self.path} line {number}", hex=self.hex)
 
     def close(self) -> None:
         """Close the file."""
@@ -389,9 +392,10 @@ class CaptureReader:
         self.close()
 
 
-def read(path: PathLike) -> tuple[Header, list[Exchange]]:
-    """The header and every exchange of the capture at ``path``."""
-    with CaptureReader(path) as reader:
+def read(path: PathLike, *, hex: bool = True) -> tuple[Header, list[Exchange]]:  # noqa: A002
+    """The header and every exchange of the capture at ``path`` (``hex``: see
+    :func:`parse_exchange`)."""
+    with CaptureReader(path, hex=hex) as reader:
         return reader.header, list(reader)
 
 

@@ -294,7 +294,7 @@ def replay_command(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         raise ConfigurationError("--timeout must be positive")
     compare = parse_match(args.compare) if args.compare.strip() else ()
-    header, exchanges = capture_mod.read(args.capture)
+    header, exchanges = capture_mod.read(args.capture, hex=False)
     exchanges = sorted(exchanges, key=lambda ex: ex.time)
     spec = specs.by_name(args.spec or header.spec)
     framing = framing_mod.by_name(args.framing or header.framing)

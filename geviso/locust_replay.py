@@ -62,7 +62,7 @@ class Feed:
         path = getattr(options, "iso_replay", None)
         if not path:
             raise CaptureError("ReplayUser needs --iso-replay CAPTURE")
-        self.header, exchanges = capture_mod.read(path)
+        self.header, exchanges = capture_mod.read(path, hex=False)
         self.exchanges = sorted(exchanges, key=lambda ex: ex.time)
         self.first = self.exchanges[0].time if self.exchanges else 0.0
         self.speed = parse_speed(str(getattr(options, "iso_replay_speed", "1.0")))

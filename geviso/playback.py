@@ -62,7 +62,7 @@ class Playback:
         *,
         match: Optional[Iterable[str]] = None,
     ) -> None:
-        header, exchanges = capture_mod.read(source) if not isinstance(source, tuple) else source
+        header, exchanges = capture_mod.read(source, hex=False) if not isinstance(source, tuple) else source
         self.header = header
         self.match = tuple(match) if match is not None else DEFAULT_MATCH
         self._index: dict[Hashable, list[capture_mod.Exchange]] = {}
