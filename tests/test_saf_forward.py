@@ -256,10 +256,10 @@ def test_a_bad_drop_first_rule_is_refused_naming_the_key(rule, problem):
 
 
 class _SlowStore(SqliteStore):
-    """A store whose every commit blocks its thread for 0.3 s, as a slow disk would."""
+    """A store whose every commit blocks its thread for 0.6 s, as a slow disk would."""
 
     def run(self, ops):
-        time.sleep(0.3)
+        time.sleep(0.6)
         return super().run(ops)
 
 
@@ -277,13 +277,13 @@ def test_a_slow_store_never_stalls_the_hub(host, conn, tmp_path):
 
     ticking = gevent.spawn(ticker)
     with saf_of(conn, tmp_path, store=store, window=32) as saf:
-        puts = [gevent.spawn(saf.put, advice(i)) for i in range(30)]
+        puts = [gevent.spawn(saf.put, advice(i)) for i in range(10)]
         answers = [conn.send({"t": "0800", "70": "301"}, timeout=5) for _ in range(20)]  # the link stays served
         gevent.joinall(puts, raise_error=True, timeout=30)
         assert saf.drain(30)
     ticking.kill()
     assert all(a["39"] == "00" for a in answers)
-    assert len(gaps) > 50 and max(gaps) < 0.25  # each commit blocked 0.3 s, but not the hub
+    assert len(gaps) > 50 and max(gaps) < 0.5  # each commit blocked 0.6 s, but not the hub
 
 
 def test_puts_racing_close_either_are_stored_or_raise_never_hang(conn, tmp_path):
