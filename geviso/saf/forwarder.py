@@ -148,6 +148,9 @@ class StoreAndForward:
         self._queued = gevent.event.Event()
         self._wake = gevent.event.Event()
         self._attempts = gevent.pool.Group()
+        self._in_flight = 0  # attempts not finished (the group drops them a loop turn later)
+        self._batch = max(1, window // 4)  # claim when this many slots are free
+        self._freed = gevent.event.Event()
         self._handlers = gevent.pool.Group()
         self._closed = False
         self._forwarder: Optional[gevent.Greenlet] = None
@@ -264,9 +267,10 @@ class StoreAndForward:
 
     def _forward_loop(self) -> None:
         while not self._closed:
-            free = self.window - len(self._attempts)
-            if free < max(1, self.window // 4):  # claim in batches: one commit for many
-                gevent.wait(list(self._attempts), count=max(1, self.window // 4) - free, timeout=self.poll_interval)
+            free = self.window - self._in_flight
+            if free < self._batch:  # claim in batches: one commit for many
+                self._freed.clear()
+                self._freed.wait(self.poll_interval)
                 continue
             self._wake.clear()
             now = time.time()
@@ -281,6 +285,7 @@ class StoreAndForward:
             for entry in expired:
                 self._expired(entry)
             for entry in claimed:
+                self._in_flight += 1
                 self._attempts.add(gevent.spawn(self._attempt, entry, lease_until))
             if not claimed and not expired:
                 self._refresh_now()
@@ -288,6 +293,14 @@ class StoreAndForward:
 
     def _attempt(self, entry: Entry, lease_until: float) -> None:
         """One transmission of ``entry`` (its attempt already counted) and its outcome."""
+        try:
+            self._transmit(entry, lease_until)
+        finally:
+            self._in_flight -= 1
+            if self.window - self._in_flight >= self._batch:
+                self._freed.set()
+
+    def _transmit(self, entry: Entry, lease_until: float) -> None:
         if time.time() + self.timeout >= lease_until:
             return  # the lease could run out mid-send (a stalled store?): let it, and another forwarder send it
         stats = self.stats
