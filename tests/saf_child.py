@@ -1,12 +1,13 @@
 """A forwarding process for the store and forward crash and sharing tests.
 
-``python saf_child.py STORE PORT LOGDIR TOTAL [--no-put] [--exit-when-done]``: connects
+``python saf_child.py STORE PORT LOGDIR TOTAL [--no-put] [--exit-when-done] [--lease=S]``: connects
 to the mock host on PORT, forwards STORE and (unless ``--no-put``) stores messages
 0..TOTAL-1 of :func:`safhost.advice`, resuming after the last one a previous run began.
 It logs to LOGDIR/puts.log ``begin i`` before and ``done i`` after each put, and to
 LOGDIR/delivered.log ``STAN monotonic-time pid`` once a delivery is recorded; writes
 go straight to the kernel, so a SIGKILL loses none. With ``--exit-when-done`` it exits
-0 once everything is stored and the store is empty.
+0 once everything is stored and the store is empty. ``--lease`` (default 1 s, short so
+that a killed forwarder's messages are taken over quickly) sets the forwarder's lease.
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ def main(argv: list[str]) -> int:
     store, port, logdir, total = argv[0], int(argv[1]), argv[2], int(argv[3])
     puts_log, delivered_log = os.path.join(logdir, "puts.log"), os.path.join(logdir, "delivered.log")
     pid = os.getpid()
+    lease = next((float(arg.split("=", 1)[1]) for arg in argv if arg.startswith("--lease=")), 1.0)
 
     def delivered(entry: geviso.saf.Entry, response: dict[str, str]) -> None:
         append(delivered_log, f"{entry.doc['11']} {time.monotonic():.6f} {pid}")
 
     conn = geviso.Connection(("127.0.0.1", port), spec, connect_timeout=5).connect()
     saf = geviso.StoreAndForward(
-        conn, store, timeout=0.3, retry_wait=0.05, max_wait=0.2, lease=1.0, window=8,
+        conn, store, timeout=0.3, retry_wait=0.05, max_wait=0.2, lease=lease, window=8,
         poll_interval=0.05, on_delivered=delivered,
     )  # fmt: skip
     rng = random.Random()

@@ -26,6 +26,11 @@ from geviso.saf.store import open_store
 HERE = Path(__file__).resolve().parent
 
 
+#: For the sharing tests: a lease no stall of a loaded machine outlasts, so a message is
+#: taken over only from a process that died, and each is received exactly once.
+SHARING_LEASE = "--lease=60"
+
+
 def child(store: object, port: int, logdir: Path, total: int, *flags: str) -> gevent.subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, str(HERE / "saf_child.py"), str(store), str(port), str(logdir), str(total), *flags]
