@@ -235,3 +235,34 @@ def test_cli_serves_the_admin_api_and_refuses_an_exposed_one_without_token(capsy
         assert proc.stop() == 0
     finally:
         proc.kill()
+
+
+def test_the_page_and_its_files_are_served_from_the_package_without_the_token():
+    from importlib import resources
+
+    names = {p.name for p in resources.files("geviso.admin_static").iterdir()}
+    assert {"index.html", "admin.css", "admin.js"} <= names
+    stack = Stack(token="s3cret")
+    try:
+
+        def get(path: str) -> tuple[int, str, bytes]:
+            def call() -> tuple[int, str, bytes]:
+                try:
+                    with urllib.request.urlopen(stack.admin.url + path, timeout=10) as resp:
+                        return resp.status, resp.headers["Content-Type"], resp.read()
+                except urllib.error.HTTPError as exc:
+                    return exc.code, exc.headers["Content-Type"], exc.read()
+
+            return gevent.get_hub().threadpool.apply(call)
+
+        status, kind, body = get("/")
+        assert status == 200 and kind.startswith("text/html") and b"<title>geviso mock host</title>" in body
+        assert b"http" not in body  # nothing from the network: no CDN
+        status, kind, body = get("/static/admin.js")
+        assert status == 200 and "javascript" in kind and b"/overview" in body
+        assert get("/static/admin.css")[0] == 200
+        assert get("/static/../admin.py")[0] == 404
+        assert get("/static/nosuch.js")[0] == 404
+        assert get("/overview")[0] == 401  # the data needs the token; the page does not
+    finally:
+        stack.stop()
