@@ -15,19 +15,20 @@ import socket as _stdlib_socket
 import ssl
 import sys
 import time
+from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
 import gevent
 import gevent.event
 import gevent.lock
-import gevent.pool
 from gevent import getcurrent, socket
 from gevent.hub import Waiter, get_hub
 
 from . import errors, keys, masking
 from .codec import Codec, Message, Received, Spec, codec_for, explain
 from .errors import (
+    ConfigurationError,
     ConnectFailed,
     ConnectionClosed,
     DuplicateKey,
@@ -59,6 +60,8 @@ DEFAULT_MAX_WRITE_BUFFER = 4 * 1024 * 1024
 #: Inbound handlers (requests from the peer) running at once per link; when full, the
 #: reader waits, which pushes back on the peer through TCP.
 DEFAULT_MAX_INBOUND = 1000
+#: Idle ``on_inbound`` workers a link keeps for the next requests; more end when idle.
+PARKED_WORKERS = 16
 RECV_SIZE = 256 * 1024
 #: The reader lets other greenlets run after every ``max(READ_BATCH, n // READ_PARTS)``
 #: of the ``n`` frames one ``recv`` brought. Without a pause, a ``recv`` holding 100
@@ -294,7 +297,17 @@ class Connection:
         self._close_deadline = INF  # when a close() in progress must return
         self._close_error: Optional[BaseException] = None
         self._failure: Optional[BaseException] = None
-        self._inbound_pool = gevent.pool.Pool(max_inbound)
+        if max_inbound < 1:
+            raise ConfigurationError("max_inbound must be at least 1")
+        # on_inbound's workers (see _dispatch_inbound): greenlets reused from request to
+        # request, up to max_inbound of them at once.
+        self._max_inbound = max_inbound
+        self._inbox: deque[Message] = deque()  # requests no worker has taken yet
+        self._inbox_room = gevent.event.Event()  # the reader waits on it when the inbox is full
+        self._inbox_full = False  # ...and says so here
+        self._workers = 0  # worker greenlets alive: busy, parked, or about to run
+        self._parked: list[Waiter] = []  # idle workers, each waiting on its Waiter
+        self._spare = False  # a worker is woken (or spawned) and has not run yet
         self._greenlets: list[gevent.Greenlet] = []
         self._ping_greenlet: Optional[gevent.Greenlet] = None
         self._last_read = self._last_write = time.monotonic()
@@ -905,7 +918,7 @@ class Connection:
             if self.inline_inbound:
                 self._run_handler(self.on_inbound, self, doc)
             else:
-                self._inbound_pool.spawn(self._run_spawned, self.on_inbound, self, doc)
+                self._dispatch_inbound(doc)
         elif response:
             if late and self.on_error is None:  # counted in stats.late; no log line per message
                 log.debug("late response %s on %s", masking.describe(doc), self)
@@ -913,6 +926,64 @@ class Connection:
                 self._report(errors.RemoteProtocolError(f"unmatched response {masking.describe(doc)}"))
         else:
             self._report(errors.RemoteProtocolError(f"unhandled request {masking.describe(doc)} (no on_inbound)"))
+
+    def _dispatch_inbound(self, doc: Message) -> None:
+        """Queue a request for ``on_inbound``'s workers and wake one, unless one is on its
+        way already. A worker runs request after request while its handler does not block,
+        and wakes another before each handler it runs while requests are still queued, so
+        a blocking handler never holds up the next request; up to ``max_inbound`` run at
+        once. Reusing workers saves a greenlet spawn per request (and for handlers that
+        answer at once, the switch to it: one worker takes a whole ``recv``). When
+        ``max_inbound`` requests wait, the reader waits too (pushing back through TCP)."""
+        inbox = self._inbox
+        inbox.append(doc)
+        if not self._spare:
+            self._add_worker()
+        if len(inbox) >= self._max_inbound:
+            room = self._inbox_room
+            while len(inbox) >= self._max_inbound and self._state != CLOSED:
+                room.clear()
+                self._inbox_full = True
+                room.wait()
+
+    def _add_worker(self) -> None:
+        """Wake a parked worker, or start one below ``max_inbound``; else every worker is
+        busy, and the first to finish takes the next request."""
+        if self._parked:
+            self._spare = True
+            self._run_callback(self._parked.pop().switch, None)
+        elif self._workers < self._max_inbound:
+            self._spare = True
+            self._workers += 1
+            gevent.spawn(self._inbound_worker)
+
+    def _inbound_worker(self) -> None:
+        """Run ``on_inbound`` for queued requests, then park until woken for more (or end,
+        when the link is closed or enough workers are parked already)."""
+        inbox = self._inbox
+        run = self._run_spawned
+        waiter = Waiter(self._hub)  # reused: parked again after each wake-up
+        try:
+            while True:
+                self._spare = False  # running: the next wake-up is another worker's
+                while inbox:
+                    doc = inbox.popleft()
+                    if self._inbox_full and len(inbox) < self._max_inbound:
+                        self._inbox_full = False
+                        self._inbox_room.set()
+                    if inbox and not self._spare:
+                        self._add_worker()  # for the next request, should this handler block
+                    handler = self.on_inbound
+                    if handler is not None:
+                        run(handler, self, doc)
+                if self._state == CLOSED or len(self._parked) >= PARKED_WORKERS:
+                    return
+                self._parked.append(waiter)
+                waiter.get()
+        finally:
+            self._workers -= 1
+            if inbox and not self._spare and self._state != CLOSED:
+                self._add_worker()  # killed in a handler: the requests queued still run
 
     def _timer_loop(self) -> None:
         """Idle pings and read timeouts; neither closes the link by itself."""
@@ -1117,6 +1188,9 @@ class Connection:
         for g in self._greenlets:
             if g is not current and not g.dead:
                 g.kill(block=False)
+        parked, self._parked = self._parked, []
+        for waiter in parked:  # idle workers end (busy ones finish their requests first)
+            self._run_callback(waiter.switch, None)
         self._closed_event.set()
         self._warnings.flush(self)
         if failed and self.on_failed is not None:
