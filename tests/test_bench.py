@@ -139,3 +139,36 @@ def test_saf_workload_reports_puts_forwards_and_the_sends_beside_it(capsys):
     assert rows["forwards window=64"]["matched"] == 300 and rows["forwards window=64"]["failed"] == 0
     assert rows["put to acknowledgement at 1000/s"]["messages"] > 0
     assert len(rows["sends beside SAF 1000/s C=10"]["p99_rounds_us"]) == 3
+
+
+def test_moov_workload_bursts_against_the_mock_host_and_a_server_handler_and_matches_every_answer(capsys):
+    report = run_json(capsys, "--workload", "moov", "--messages", "300")
+    assert [r["label"] for r in report["results"]] == ["moov 300 mock", "moov 300 server"]
+    check_all_matched(report["results"], "moov", 2)
+
+
+FAKE_MOOV = """import sys
+assert sys.argv[1:5] == ["-test.run", "xxx", "-test.bench", "BenchmarkProcess(300)$"], sys.argv
+print("goos: linux")
+print("BenchmarkProcess300-2   \\t       1\\t  30000000 ns/op")
+print("PASS")
+"""
+
+
+def test_compare_moov_runs_the_binary_and_the_workload_in_turn_and_prints_each_ratio(tmp_path, capsys):
+    binary = tmp_path / "conn.test"
+    binary.write_text(f"#!{sys.executable}\n{FAKE_MOOV}")
+    binary.chmod(0o755)
+    status = bench.main(["--compare-moov", str(binary), "--messages", "300", "--rounds", "2", "--moov-host", "server"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.count("moov    10,000 msg/s") == 2  # 300 messages in 30 ms, each round
+    assert "median of 2 rounds: burst 300 server" in out
+
+
+def test_compare_moov_with_a_binary_that_gives_no_figure_says_so_and_exits_1(tmp_path, capsys):
+    binary = tmp_path / "conn.test"
+    binary.write_text("#!/bin/sh\necho FAIL\nexit 1\n")
+    binary.chmod(0o755)
+    assert bench.main(["--compare-moov", str(binary), "--messages", "300", "--rounds", "1"]) == 1
+    assert "gave no BenchmarkProcess300 figure (status 1)" in capsys.readouterr().err

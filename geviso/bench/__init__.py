@@ -33,6 +33,13 @@ Workloads (``--workload``, comma-separated; default all but ``memory``):
     same mock host process, with fresh STANs, RRNs and dates and every answer compared
     with the recorded one; the summary gives its rate as a share of ``closed-loop``'s.
     Not part of ``all``.
+``moov``
+    moov-io/iso8583-connection's own benchmark shape: one link and the host in this
+    process, 0800 with field 11 only, one burst of 1,000 / 10,000 / 100,000 concurrent
+    sends (up to ``--messages``), each from ``gevent.spawn``; the host is the MockHost
+    and ``Server(on_inbound=handler)`` (``--moov-host``). ``--compare-moov BINARY``
+    runs moov's benchmark binary and this workload in turn, ``--rounds`` times, and
+    prints the ratios. Not part of ``all``.
 ``memory``
     1,000,000 messages against 10,000 (``--messages``): RSS, greenlets, pending
     requests and buffers must not grow. Long; not part of ``all``.

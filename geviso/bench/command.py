@@ -25,10 +25,11 @@ from .closed_loop import run_closed_loop
 from .codec import codec_cost, run_codec
 from .common import REQUEST_0200, Endpoint, Result, _local_mock_host, _process, best, mock_host_process
 from .memory import run_memory
+from .moov import HOSTS, compare, local_host, run_moov, sizes_up_to
 from .replay import run_replay
 from .transport import ECHO_READY, run_transport, run_transport_geviso, serve_echo
 
-WORKLOADS = ("burst", "closed-loop", "codec", "transport", "replay", "memory", "saf")
+WORKLOADS = ("burst", "closed-loop", "codec", "transport", "replay", "memory", "saf", "moov")
 DEFAULT_WORKLOADS = ("burst", "closed-loop", "codec", "transport")
 
 
@@ -55,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spec", default="default", help="spec name or package.module:SPEC (default: default)")
     parser.add_argument("--framing", default="binary2", choices=sorted(FRAMINGS), help="(default binary2)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--moov-host", default="mock,server",
+                        help="moov workload's hosts, comma-separated: mock (MockHost), server "
+                             "(Server(on_inbound=handler)) (default both)")
+    parser.add_argument("--compare-moov", metavar="BINARY",
+                        help="run moov-io/iso8583-connection's benchmark binary (go test -c) and the moov workload "
+                             "in turn, --rounds times, and print the ratios; bursts up to --messages")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare-moov (default 5)")
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -100,6 +108,13 @@ def _levels(text: str) -> list[int]:
     if not levels or min(levels) < 1:
         raise SystemExit("geviso bench: --concurrency is a comma-separated list of positive numbers")
     return levels
+
+
+def _moov_hosts(text: str) -> list[str]:
+    hosts = [name.strip() for name in text.split(",") if name.strip()]
+    if not hosts or any(host not in HOSTS for host in hosts):
+        raise SystemExit(f"geviso bench: --moov-host is a comma-separated list of {', '.join(HOSTS)}")
+    return hosts
 
 
 def _repeat(times: int, measure: Callable[..., Result], *args: Any) -> Result:
@@ -150,6 +165,11 @@ def run(args: argparse.Namespace, spec: Spec, report: Callable[[Result], None]) 
                     keep(_repeat(args.repeat, run_transport_geviso, address, spec, level, count, pid))
         elif workload == "memory":
             keep(run_memory(spec, args.framing, args.messages or 1_000_000))
+        elif workload == "moov":
+            for host in _moov_hosts(args.moov_host):
+                with local_host(spec, args.framing, host) as address:
+                    for size in sizes_up_to(args.messages or 100_000):
+                        keep(_repeat(args.repeat, run_moov, address, spec, args.framing, size, host))
         elif workload == "saf":
             from ..saf.bench import run_saf
 
@@ -258,9 +278,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.serve_echo:
         return serve_echo()
-    if args.repeat < 1 or (args.messages is not None and args.messages < 1):
-        raise SystemExit("geviso bench: --repeat and --messages must be positive")
+    if args.repeat < 1 or args.rounds < 1 or (args.messages is not None and args.messages < 1):
+        raise SystemExit("geviso bench: --repeat, --rounds and --messages must be positive")
     info = machine()
+    if args.compare_moov:
+        return _compare_moov(args, info)
     if not args.json:
         print(f"geviso bench on {info['cpu']} ({info['cores']} cores), Python {info['python']}, "
               f"gevent {info['gevent']}, pyiso8583 {info['pyiso8583']}")
@@ -278,3 +300,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for line in lines:
             print(line)
     return 0 if ok else 1
+
+
+def _compare_moov(args: argparse.Namespace, info: dict[str, Any]) -> int:
+    """``--compare-moov BINARY``: moov's benchmark and the moov workload, interleaved."""
+    say: Callable[[str], None] = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
+    if not args.json:
+        print(f"geviso bench --compare-moov on {info['cpu']} ({info['cores']} cores), Python {info['python']}")
+    try:
+        outcome = compare(args.compare_moov, specs.by_name(args.spec), args.framing,
+                          sizes_up_to(args.messages or 100_000), _moov_hosts(args.moov_host), args.rounds, say)
+    except RuntimeError as exc:
+        print(f"geviso bench: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"machine": info, "command": ["geviso", "bench", "--compare-moov", "BINARY"], **outcome},
+                         indent=2))
+    return 0
