@@ -172,3 +172,18 @@ def test_compare_moov_with_a_binary_that_gives_no_figure_says_so_and_exits_1(tmp
     binary.chmod(0o755)
     assert bench.main(["--compare-moov", str(binary), "--messages", "300", "--rounds", "1"]) == 1
     assert "gave no BenchmarkProcess300 figure (status 1)" in capsys.readouterr().err
+
+
+def test_gc_freeze_holds_for_the_run_and_puts_the_gc_settings_back(capsys, monkeypatch):
+    seen = []
+    measure = bench.command.run_codec
+
+    def codec_seeing_gc(*args):
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count() > 0))
+        return measure(*args)
+
+    monkeypatch.setattr(bench.command, "run_codec", codec_seeing_gc)
+    before = gc.get_threshold()
+    run_json(capsys, "--workload", "codec", "--messages", "100", "--gc-freeze")
+    assert seen == [(50_000, True)]
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

@@ -418,3 +418,19 @@ def _no_leftover_hosts() -> Any:
     yield
     for env in list(gl._mock_hosts):
         gl.stop_mock_host(env, drain=0)
+
+
+def test_iso_gc_freezes_the_heap_and_raises_the_gc_threshold_only_when_asked() -> None:
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        for asked in (False, True):
+            env = Environment(user_classes=[LenientUser], events=Events(), parsed_options=Namespace(iso_gc=asked),
+                              host="tcp://127.0.0.1:1")
+            gl._on_init(env, env.create_local_runner())
+            assert (gc.get_threshold()[0] == 50_000) is asked
+            assert (gc.get_freeze_count() > 0) is asked
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

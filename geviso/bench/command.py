@@ -4,6 +4,7 @@ ratios and JSON."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -16,7 +17,7 @@ from typing import Any, Callable, Optional
 import gevent
 import iso8583
 
-from .. import specs
+from .. import gctune, specs
 from ..codec import Spec
 from ..connection import parse_address
 from ..framing import BY_NAME as FRAMINGS
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run moov-io/iso8583-connection's benchmark binary (go test -c) and the moov workload "
                              "in turn, --rounds times, and print the ratios; bursts up to --messages")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare-moov (default 5)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() before measuring and a generation-0 GC threshold of 50,000 (what a "
+                             "dedicated load generator may do; default: Python's GC settings)")
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -288,7 +292,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"gevent {info['gevent']}, pyiso8583 {info['pyiso8583']}")
         print(HEADER, flush=True)
     spec = specs.by_name(args.spec)
-    results = run(args, spec, (lambda r: None) if args.json else (lambda r: print(_row(r), flush=True)))
+    with gctune.tuned() if args.gc_freeze else contextlib.nullcontext():
+        results = run(args, spec, (lambda r: None) if args.json else (lambda r: print(_row(r), flush=True)))
     has_codec = any(r.workload == "codec" for r in results)
     needs_codec = any(r.workload == "transport" for r in results)
     lines = summary(results, None if has_codec or not needs_codec else codec_cost(spec))
@@ -308,8 +313,9 @@ def _compare_moov(args: argparse.Namespace, info: dict[str, Any]) -> int:
     if not args.json:
         print(f"geviso bench --compare-moov on {info['cpu']} ({info['cores']} cores), Python {info['python']}")
     try:
-        outcome = compare(args.compare_moov, specs.by_name(args.spec), args.framing,
-                          sizes_up_to(args.messages or 100_000), _moov_hosts(args.moov_host), args.rounds, say)
+        with gctune.tuned() if args.gc_freeze else contextlib.nullcontext():
+            outcome = compare(args.compare_moov, specs.by_name(args.spec), args.framing,
+                              sizes_up_to(args.messages or 100_000), _moov_hosts(args.moov_host), args.rounds, say)
     except RuntimeError as exc:
         print(f"geviso bench: {exc}", file=sys.stderr)
         return 1
