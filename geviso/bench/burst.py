@@ -10,11 +10,11 @@ import gevent
 import gevent.event
 from greenlet import greenlet as RawGreenlet
 
-from ..codec import Spec, response_mti
+from ..codec import Spec
 from ..connection import Connection
 from ..framing import by_name as framing_by_name
 from ..stan import StanGenerator
-from .common import REQUEST_0800, SEND_TIMEOUT, Result, _Collector, _matches, _warm_up
+from .common import REQUEST_0800, SEND_TIMEOUT, Result, _Collector, _warm_up, burst_sender
 
 
 def _burst_rounds(size: int, total: int) -> int:
@@ -30,22 +30,10 @@ def run_burst(address: tuple[str, int], spec: Spec, framing_name: str, size: int
     timed end to end; each send from a raw greenlet of its own (:func:`_time_bursts`)."""
     latencies: list[float] = []
     outcome = {"matched": 0, "failed": 0}
-    answer_mti = response_mti("0800")
     with Connection(address, spec, framing=framing_by_name(framing_name), send_timeout=SEND_TIMEOUT) as conn:
         _warm_up(conn, REQUEST_0800, 200)
 
-        def one(stan: str) -> None:
-            request = {"t": "0800", "11": stan}
-            started = time.perf_counter()
-            try:
-                response = conn.send(request)
-            except Exception:
-                outcome["failed"] += 1
-                return
-            latencies.append(time.perf_counter() - started)
-            if _matches(request, response, answer_mti):
-                outcome["matched"] += 1
-
+        one = burst_sender(conn, latencies, outcome)
         seconds, collector = _time_bursts(one, size, rounds)
         left = conn.in_flight
     return Result("burst", f"burst {size:,}", size * rounds, seconds, latencies, outcome["matched"],

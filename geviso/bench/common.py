@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import gevent
 
@@ -221,3 +221,23 @@ def _warm_up(conn: Connection, template: dict[str, str], count: int) -> None:
     base = 900_000
     jobs = [gevent.spawn(conn.send, dict(template, **{"11": "%06d" % (base + i)})) for i in range(count)]
     gevent.joinall(jobs, raise_error=True)
+
+
+def burst_sender(conn: Connection, latencies: list[float], outcome: dict[str, int]) -> Callable[[str], None]:
+    """``one(stan)``: send the 0800/11 with that STAN on ``conn``, note its latency and
+    whether its answer matched (``outcome["matched"]``) or the send failed."""
+    answer_mti = response_mti("0800")
+
+    def one(stan: str) -> None:
+        request = {"t": "0800", "11": stan}
+        started = time.perf_counter()
+        try:
+            response = conn.send(request)
+        except Exception:
+            outcome["failed"] += 1
+            return
+        latencies.append(time.perf_counter() - started)
+        if _matches(request, response, answer_mti):
+            outcome["matched"] += 1
+
+    return one

@@ -20,12 +20,21 @@ from typing import Any, Callable
 
 import gevent
 
-from ..codec import Message, Spec, response_mti
+from ..codec import Message, Spec
 from ..connection import Connection
 from ..framing import by_name as framing_by_name
 from ..server import Server
 from ..stan import StanGenerator
-from .common import REQUEST_0800, SEND_TIMEOUT, Result, _Collector, _local_mock_host, _matches, _warm_up, answer_of
+from .common import (
+    REQUEST_0800,
+    SEND_TIMEOUT,
+    Result,
+    _Collector,
+    _local_mock_host,
+    _warm_up,
+    answer_of,
+    burst_sender,
+)
 
 #: Burst sizes of moov's BenchmarkProcessN that the comparison runs.
 SIZES = (1_000, 10_000, 100_000)
@@ -60,23 +69,11 @@ def run_moov(address: tuple[str, int], spec: Spec, framing_name: str, size: int,
     """One burst of ``size`` concurrent sends, a ``gevent.spawn`` each, on one link."""
     latencies: list[float] = []
     outcome = {"matched": 0, "failed": 0}
-    answer_mti = response_mti("0800")
     stans = list(itertools.islice(StanGenerator(), size))
     with Connection(address, spec, framing=framing_by_name(framing_name), send_timeout=SEND_TIMEOUT) as conn:
         _warm_up(conn, REQUEST_0800, 200)
 
-        def one(stan: str) -> None:
-            request = {"t": "0800", "11": stan}
-            started = time.perf_counter()
-            try:
-                response = conn.send(request)
-            except Exception:
-                outcome["failed"] += 1
-                return
-            latencies.append(time.perf_counter() - started)
-            if _matches(request, response, answer_mti):
-                outcome["matched"] += 1
-
+        one = burst_sender(conn, latencies, outcome)
         with _Collector() as collector:
             started = time.perf_counter()
             gevent.joinall([gevent.spawn(one, stan) for stan in stans])
