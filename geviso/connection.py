@@ -307,7 +307,7 @@ class Connection:
         self._inbox_full = False  # ...and says so here
         self._workers = 0  # worker greenlets alive: busy, parked, or about to run
         self._parked: list[Waiter] = []  # idle workers, each waiting on its Waiter
-        self._spare = False  # a worker is woken (or spawned) and has not run yet
+        self._spare: Optional[Waiter] = None  # the worker woken (or spawned) that has not run yet
         self._greenlets: list[gevent.Greenlet] = []
         self._ping_greenlet: Optional[gevent.Greenlet] = None
         self._last_read = self._last_write = time.monotonic()
@@ -937,7 +937,7 @@ class Connection:
         ``max_inbound`` requests wait, the reader waits too (pushing back through TCP)."""
         inbox = self._inbox
         inbox.append(doc)
-        if not self._spare:
+        if self._spare is None:
             self._add_worker()
         if len(inbox) >= self._max_inbound:
             room = self._inbox_room
@@ -950,28 +950,27 @@ class Connection:
         """Wake a parked worker, or start one below ``max_inbound``; else every worker is
         busy, and the first to finish takes the next request."""
         if self._parked:
-            self._spare = True
-            self._run_callback(self._parked.pop().switch, None)
+            self._spare = waiter = self._parked.pop()
+            self._run_callback(waiter.switch, None)
         elif self._workers < self._max_inbound:
-            self._spare = True
+            self._spare = waiter = Waiter(self._hub)
             self._workers += 1
-            gevent.spawn(self._inbound_worker)
+            gevent.spawn(self._inbound_worker, waiter)
 
-    def _inbound_worker(self) -> None:
+    def _inbound_worker(self, waiter: Waiter) -> None:
         """Run ``on_inbound`` for queued requests, then park until woken for more (or end,
         when the link is closed or enough workers are parked already)."""
         inbox = self._inbox
         run = self._run_spawned
-        waiter = Waiter(self._hub)  # reused: parked again after each wake-up
         try:
-            while True:
-                self._spare = False  # running: the next wake-up is another worker's
+            while True:  # ``waiter`` is reused: parked again after each wake-up
+                self._spare = None  # running: the next wake-up is another worker's
                 while inbox:
                     doc = inbox.popleft()
                     if self._inbox_full and len(inbox) < self._max_inbound:
                         self._inbox_full = False
                         self._inbox_room.set()
-                    if inbox and not self._spare:
+                    if inbox and self._spare is None:
                         self._add_worker()  # for the next request, should this handler block
                     handler = self.on_inbound
                     if handler is not None:
@@ -980,10 +979,14 @@ class Connection:
                     return
                 self._parked.append(waiter)
                 waiter.get()
-        finally:
+        finally:  # ended, or killed (in a handler, parked, or before it ran)
             self._workers -= 1
-            if inbox and not self._spare and self._state != CLOSED:
-                self._add_worker()  # killed in a handler: the requests queued still run
+            if waiter in self._parked:
+                self._parked.remove(waiter)
+            if self._spare is waiter:
+                self._spare = None
+            if inbox and self._spare is None and self._state != CLOSED:
+                self._add_worker()  # the requests queued still run
 
     def _timer_loop(self) -> None:
         """Idle pings and read timeouts; neither closes the link by itself."""

@@ -111,3 +111,28 @@ def test_a_failing_handler_is_reported_and_the_next_request_still_answered(links
 def test_max_inbound_below_one_is_refused():
     with pytest.raises(geviso.errors.ConfigurationError):
         geviso.Connection(("127.0.0.1", 1), spec, max_inbound=0)
+
+
+def test_a_worker_killed_in_its_handler_leaves_the_queued_requests_to_another(links):
+    doomed: list[Any] = []
+
+    def answer(conn: geviso.Connection, doc: dict[str, str]) -> None:
+        if doc.get("48") == "die":
+            doomed.append(gevent.getcurrent())
+            gevent.sleep(10)
+        conn.reply(respond(doc), to=doc)
+
+    server = serve(answer, max_inbound=1)
+    try:
+        conn = links(server.address, spec=spec)
+        dying = sends(conn, 1, **{"48": "die"})
+        assert wait_until(lambda: len(doomed) == 1)
+        behind = sends(conn, 3)
+        gevent.sleep(0.05)
+        assert not any(job.ready() for job in behind)  # the one worker is busy
+        doomed[0].kill(block=False)
+        gevent.joinall(behind, timeout=10)
+        assert all(job.successful() and job.value["39"] == "00" for job in behind)
+        gevent.killall(dying, block=False)
+    finally:
+        server.stop(timeout=2)
