@@ -75,6 +75,10 @@ class LinkMachine(RuleBasedStateMachine):
         self.sends: list[Send] = []
         self.read_by_peer: list[dict[str, str]] = []  # requests as the peer decoded them
         self.answered: set[str] = set()  # ids the peer sent a right answer for
+        # Ids answered before the STAN counter last came round: their STANs may belong to
+        # new requests now, so a duplicate of their answer is indistinguishable from a
+        # fresh one (in real life a duplicate 999,999 sends late), and the peer sends none.
+        self.stale: set[str] = set()
         self.inbound: list[dict[str, str]] = []
         self.next_id = 0
         self.next_stan = 600_000  # explicit STANs: never reused, apart from the generator's
@@ -191,7 +195,7 @@ class LinkMachine(RuleBasedStateMachine):
     def answer(self, index: int, splits: list[int]) -> None:
         """A right answer to any request the peer read (any order, maybe again)."""
         request = self._pick(index)
-        if request is not None:
+        if request is not None and request["37"] not in self.stale:
             self.answered.add(request["37"])
             self._write(self._frame(self._answer_to(request)), splits)
 
@@ -205,7 +209,10 @@ class LinkMachine(RuleBasedStateMachine):
         if wrong == "mti":
             doc = self._answer_to(request, t="0410" if request["t"] != "0400" else "0110")
         elif wrong == "stan":
-            doc = self._answer_to(request, **{"11": "%06d" % (int(request["11"]) % 999_999 + 1)})
+            # A STAN never handed out here (the generator's run from 1 or 999,990 and the
+            # explicit ones from 600,001 stay clear of it): a wrong STAN that is about to be
+            # handed out to the next send cannot be told from that send's answer.
+            doc = self._answer_to(request, **{"11": "%06d" % (500_000 + int(request["11"]) % 1000)})
         else:
             doc = {"t": request["t"], "11": request["11"], "37": "999999999999", "70": "301"}
         self._write(self._frame(doc), [])
@@ -232,6 +239,7 @@ class LinkMachine(RuleBasedStateMachine):
         request = self._pick(index)
         if request is not None and request["11"] < "600000":
             self.conn.stan = StanGenerator(start=int(request["11"]))
+            self.stale |= self.answered
 
     @rule(index=st.integers(min_value=0), cut=st.integers(min_value=0, max_value=40))
     def link_breaks_mid_frame(self, index: int, cut: int) -> None:
