@@ -44,34 +44,57 @@ def blocking(func: Callable[..., Any], *args: Any) -> Any:
     return gevent.get_hub().threadpool.apply(func, args)
 
 
-def in_page(func: Callable[[], Any]) -> Any:
-    """``func`` (Selenium calls) in a thread; None when the page re-rendered the element
-    under it (it rebuilds the rules table when the rules change)."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-
-    def call() -> Any:
-        try:
-            return func()
-        except (StaleElementReferenceException, NoSuchElementException):
-            return None
-
-    return blocking(call)
+def console(browser: Any) -> str:
+    """The page's console messages (JavaScript errors show up here), for a failure's message."""
+    try:
+        entries = blocking(browser.get_log, "browser")
+    except Exception as exc:  # a driver without the log endpoint: say so rather than hide the failure
+        return f"(no console log: {type(exc).__name__})"
+    return "; ".join(str(e.get("message")) for e in entries) or "(empty)"
 
 
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    with gevent.Timeout(timeout, AssertionError(f"the page never showed {what}")):
-        while True:
-            value = predicate()
-            if value:
-                return value
-            gevent.sleep(0.2)
+def until(browser: Any, condition: Callable[[Any], Any], what: str, timeout: float = WAIT) -> Any:
+    """Selenium's explicit wait for ``condition(driver)`` (retried while it is falsy or the
+    element is missing or was re-rendered), run in a thread; an AssertionError naming
+    ``what``, with the page's console, when it never holds."""
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(
+        browser,
+        timeout,
+        poll_frequency=0.2,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )
+    try:
+        return blocking(wait.until, condition)
+    except TimeoutException:
+        raise AssertionError(f"the page never showed {what}; its console: {console(browser)}") from None
+
+
+def text_of(element_id: str) -> Callable[[Any], str]:
+    from selenium.webdriver.common.by import By
+
+    return lambda driver: str(driver.find_element(By.ID, element_id).text)
 
 
 def click(browser: Any, selector: str, what: str) -> None:
-    """Click the element at ``selector``, again if the page replaced it meanwhile."""
+    """Click the element at ``selector`` once it is there, again if the page replaced it under
+    the click (it rebuilds the rules table when the rules change)."""
     from selenium.webdriver.common.by import By
 
-    wait_for(lambda: in_page(lambda: browser.find_element(By.CSS_SELECTOR, selector).click() or True), what)
+    until(browser, lambda driver: driver.find_element(By.CSS_SELECTOR, selector).click() or True, what)
+
+
+def wait_on_host(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> None:
+    """Wait in the hub for a change on the mock host (not the page) that a click caused."""
+    with gevent.Timeout(timeout, AssertionError(f"the host never showed {what}")):
+        while not predicate():
+            gevent.sleep(0.1)
 
 
 @pytest.fixture
@@ -94,6 +117,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options.binary_location = CHROMIUM
     for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for failures
     driver = blocking(lambda: webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options))
     try:
         yield driver
@@ -103,6 +127,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 def test_the_live_page_updates_while_a_client_sends_and_disabling_a_rule_changes_the_answer(browser, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
 
     rules = [
         {"name": "terminal 7 declined", "match": {"fields": {"41": "TERM0007"}}, "code": "51"},
@@ -124,36 +149,46 @@ def test_the_live_page_updates_while_a_client_sends_and_disabling_a_rule_changes
     sender = gevent.spawn(keep_sending)
     try:
         blocking(browser.get, admin.url + "/")
+        until(browser, EC.title_is("geviso mock host"), "its title (is index.html in the package?)")
+        until(browser, EC.text_to_be_present_in_element((By.ID, "status"), "live"), "a first overview")
 
-        def text(element_id: str) -> str:
-            return str(in_page(lambda: browser.find_element(By.ID, element_id).text) or "")
-
-        def received() -> int:
-            value = text("received")
+        def received(driver: Any) -> int:
+            value = text_of("received")(driver)
             return int(value) if value.isdigit() else 0
 
-        first = wait_for(received, "a received count")
-        wait_for(lambda: received() > first + 5, "the received count going up")
-        wait_for(lambda: "411111******1111" in text("journal"), "the masked PAN in the journal")
+        first = until(browser, received, "a received count")
+        until(browser, lambda driver: received(driver) > first + 5, "the received count going up")
+        until(browser, EC.text_to_be_present_in_element((By.ID, "journal"), "411111******1111"), "the masked PAN")
         assert "4111111111111111" not in blocking(lambda: browser.page_source)
-        wait_for(lambda: text("links-count") == "1", "one link")
-        wait_for(lambda: text("rate") not in ("", "–") and float(text("rate")) > 0, "a message rate")
+        until(browser, lambda driver: text_of("links-count")(driver) == "1", "one link")
+
+        def rate(driver: Any) -> float:
+            value = text_of("rate")(driver)
+            return float(value) if value not in ("", "–") else 0.0
+
+        until(browser, lambda driver: rate(driver) > 0, "a message rate")
         assert answers[-1] == "51"
 
         shot = os.environ.get("GEVISO_ADMIN_SCREENSHOT") or str(tmp_path / "admin-page.png")
         assert blocking(browser.save_screenshot, shot)
 
-        click(browser, 'tr[data-rule-index="0"] .rule-enabled', "the first rule's checkbox")
-        wait_for(lambda: not host.rules.rules[0].enabled, "the rule disabled on the host")
+        first_row = 'tr[data-rule-index="0"]'
+        click(browser, first_row + " .rule-enabled", "the first rule's checkbox")
+        wait_on_host(lambda: not host.rules.rules[0].enabled, "the rule disabled")
         assert conn.send(request)["39"] == "00"  # the next answer: no longer declined
+        until(
+            browser,
+            lambda driver: "disabled" in str(driver.find_element(By.CSS_SELECTOR, first_row).get_attribute("class")),
+            "the rule shown disabled",
+        )
 
-        def row_class() -> str:
-            return str(browser.find_element(By.CSS_SELECTOR, 'tr[data-rule-index="0"]').get_attribute("class"))
-
-        wait_for(lambda: "disabled" in str(in_page(row_class)), "the rule shown disabled")
-
-        click(browser, 'tr[data-rule-index="0"] .rule-down', "the first rule's down arrow")
-        wait_for(lambda: host.rules.rules[1].name == "terminal 7 declined", "the rule moved down")
+        click(browser, first_row + " .rule-down", "the first rule's down arrow")
+        wait_on_host(lambda: host.rules.rules[1].name == "terminal 7 declined", "the rule moved down")
+        until(
+            browser,
+            EC.text_to_be_present_in_element((By.CSS_SELECTOR, 'tr[data-rule-index="1"]'), "terminal 7 declined"),
+            "the rule shown moved down",
+        )
     finally:
         sender.kill()
         conn.close(timeout=1)

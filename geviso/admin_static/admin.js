@@ -164,7 +164,10 @@
         render(data);
         status("live · " + new Date().toLocaleTimeString(), "live");
       })
-      .catch((err) => status("disconnected: " + err.message, "down"))
+      .catch((err) => {
+        console.error("geviso admin page:", err); // a rendering bug shows in the console too
+        status("disconnected: " + err.message, "down");
+      })
       .finally(() => { busy = false; });
   }
 
