@@ -29,7 +29,7 @@ from geviso.errors import DecodeError
 FRAMING = geviso.framing.binary(2, max_length=4096)
 SEND_TIMEOUT = 1.0
 #: Slack over the send timeout a loaded 2-core machine may need to wake a greenlet.
-MARGIN = 1.0
+MARGIN = 3.0
 ECHO_TIMEOUT = 0.5
 LINKS = 4
 
