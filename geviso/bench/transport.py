@@ -8,6 +8,7 @@ import itertools
 import signal
 import socket as _stdlib_socket
 import time
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import gevent
@@ -21,6 +22,17 @@ from .common import REQUEST_0200, Result
 
 
 # -- the transport baseline -----------------------------------------------------------------
+def _frames(buffer: bytearray) -> Iterator[tuple[int, int]]:
+    """(start, end) of each complete 2-byte-length frame at the head of ``buffer``."""
+    size, pos = len(buffer), 0
+    while size - pos >= 2:
+        end = pos + 2 + ((buffer[pos] << 8) | buffer[pos + 1])
+        if end > size:
+            return
+        yield pos, end
+        pos = end
+
+
 def _echo_handle(sock: Any, _address: Any) -> None:
     """Bare framed echo: write back every complete 2-byte-length frame, in one sendall,
     its MTI's function digit made odd (0200 -> 0210: an ASCII MTI, no header), so the
@@ -33,14 +45,10 @@ def _echo_handle(sock: Any, _address: Any) -> None:
             if not data:
                 return
             buffer += data
-            size, pos = len(buffer), 0
-            while size - pos >= 2:
-                end = pos + 2 + ((buffer[pos] << 8) | buffer[pos + 1])
-                if end > size:
-                    break
-                if end - pos > 4:
-                    buffer[pos + 4] |= 1
-                pos = end
+            pos = 0
+            for start, pos in _frames(buffer):
+                if pos - start > 4:
+                    buffer[start + 4] |= 1
             if pos:
                 sock.sendall(bytes(buffer[:pos]))
                 del buffer[:pos]
@@ -104,14 +112,10 @@ class _EchoClient:
             if not data:
                 return
             buffer += data
-            size, pos = len(buffer), 0
-            while size - pos >= 2:
-                end = pos + 2 + ((buffer[pos] << 8) | buffer[pos + 1])
-                if end > size:
-                    break
-                frame = bytes(buffer[pos:end])
+            pos = 0
+            for start, pos in _frames(buffer):
+                frame = bytes(buffer[start:pos])
                 waiting.pop(frame[key_at : key_at + 12]).set(frame)
-                pos = end
             del buffer[:pos]
 
     def close(self) -> None:
