@@ -82,17 +82,21 @@ def parse_address(address: Address) -> tuple[str, int]:
     if isinstance(address, tuple):
         try:
             host, port = address
-            return str(host), int(port)
+            host, port = str(host), int(port)
         except (TypeError, ValueError):
             raise errors.ConfigurationError(f"address {address!r} is not (host, port)") from None
-    text = str(address)
-    for scheme in ("tcp://", "tls://"):
-        if text.startswith(scheme):
-            text = text[len(scheme) :]
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise errors.ConfigurationError(f"address {address!r} is not host:port")
-    return host.strip("[]") or "127.0.0.1", int(port_text)
+    else:
+        text = str(address)
+        for scheme in ("tcp://", "tls://"):
+            if text.startswith(scheme):
+                text = text[len(scheme) :]
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise errors.ConfigurationError(f"address {address!r} is not host:port")
+        host, port = host.strip("[]") or "127.0.0.1", int(port_text)
+    if not 0 <= port <= 65535:
+        raise errors.ConfigurationError(f"address {address!r}: the port must be 0..65535")
+    return host, port
 
 
 class _Pending(gevent.event.AsyncResult):  # type: ignore[misc]

@@ -110,11 +110,10 @@ def test_geviso_bench_command_dispatches_here():
     assert json.loads(done.stdout)["ok"] is True
 
 
-def test_bad_options_are_refused(capsys):
-    with pytest.raises(SystemExit):
-        bench.main(["--workload", "nope"])
-    with pytest.raises(SystemExit):
-        bench.main(["--concurrency", "0"])
+def test_bad_options_are_refused_with_exit_status_2(capsys):
+    assert bench.main(["--workload", "nope"]) == 2
+    assert bench.main(["--concurrency", "0"]) == 2
+    assert capsys.readouterr().err.count("geviso bench: error: ") == 2
 
 
 def test_replay_replays_a_capture_at_full_speed_and_compares_it_with_closed_loop(capsys):

@@ -6,6 +6,7 @@ once per link, not once per message."""
 from __future__ import annotations
 
 import logging
+import time
 
 import gevent
 import pytest
@@ -144,4 +145,44 @@ def test_the_mock_host_command_drops_stalled_sockets_so_good_clients_get_in():
                 link.fail("test over")
         for sock in stalled:
             sock.close()
+        proc.kill()
+
+
+@pytest.mark.parametrize("trickle", ["a frame that never completes", "one byte at a time"])
+def test_the_mock_host_command_closes_a_trickling_link_at_its_read_timeout(trickle):
+    """Bytes that make no whole frame are no sign of life: ``--read-timeout`` closes the
+    link however steadily they come (no echoes to catch it)."""
+    from test_cli import MockHostProcess
+
+    proc = MockHostProcess("--read-timeout", "0.5", "--log-level", "WARNING")
+    # The header says 100 bytes; 0.1 s a byte, they would take 10 s to arrive.
+    wire = b"\x00\x64" + b"0200" + b"0" * 96
+    sock = socket.create_connection(proc.address)
+    sock.settimeout(0.1)
+    started = time.monotonic()
+    closed_after = None
+    try:
+        for i in range(len(wire) if trickle == "one byte at a time" else 3):
+            try:
+                sock.sendall(wire[i : i + 1])
+                if sock.recv(10) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except socket.timeout:
+                continue
+            except OSError:  # reset by the host
+                closed_after = time.monotonic() - started
+                break
+        else:
+            sock.settimeout(10)
+            try:
+                assert sock.recv(10) == b""
+            except OSError:
+                pass
+            closed_after = time.monotonic() - started
+        assert closed_after is not None and closed_after < 8  # 0.5 s and generous slack, not 10 s
+        assert proc.stop() == 0
+        assert proc.stats()["silent_closed"] == "1"
+    finally:
+        sock.close()
         proc.kill()

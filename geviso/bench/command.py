@@ -20,6 +20,7 @@ import iso8583
 from .. import gctune, specs
 from ..codec import Spec
 from ..connection import parse_address
+from ..errors import ConfigurationError, GevisoError
 from ..framing import BY_NAME as FRAMINGS
 from .burst import _burst_rounds, run_burst, run_spawn
 from .closed_loop import run_closed_loop
@@ -99,8 +100,8 @@ def _workloads(text: str) -> list[str]:
         return list(DEFAULT_WORKLOADS)
     unknown = [name for name in names if name not in WORKLOADS]
     if unknown or not names:
-        raise SystemExit(f"geviso bench: unknown workload {unknown[0] if unknown else text!r}; "
-                         f"choose from {', '.join(WORKLOADS)}, all")
+        raise ConfigurationError(f"unknown workload {unknown[0] if unknown else text!r}; "
+                                 f"choose from {', '.join(WORKLOADS)}, all")
     return names
 
 
@@ -110,14 +111,14 @@ def _levels(text: str) -> list[int]:
     except ValueError:
         levels = []
     if not levels or min(levels) < 1:
-        raise SystemExit("geviso bench: --concurrency is a comma-separated list of positive numbers")
+        raise ConfigurationError("--concurrency is a comma-separated list of positive numbers")
     return levels
 
 
 def _moov_hosts(text: str) -> list[str]:
     hosts = [name.strip() for name in text.split(",") if name.strip()]
     if not hosts or any(host not in HOSTS for host in hosts):
-        raise SystemExit(f"geviso bench: --moov-host is a comma-separated list of {', '.join(HOSTS)}")
+        raise ConfigurationError(f"--moov-host is a comma-separated list of {', '.join(HOSTS)}")
     return hosts
 
 
@@ -282,8 +283,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.serve_echo:
         return serve_echo()
-    if args.repeat < 1 or args.rounds < 1 or (args.messages is not None and args.messages < 1):
-        raise SystemExit("geviso bench: --repeat, --rounds and --messages must be positive")
+    try:  # every option checked before anything is printed or started
+        if args.repeat < 1 or args.rounds < 1 or (args.messages is not None and args.messages < 1):
+            raise ConfigurationError("--repeat, --rounds and --messages must be positive")
+        _workloads(args.workload)
+        _levels(args.concurrency)
+        _moov_hosts(args.moov_host)
+        spec = specs.by_name(args.spec)
+        if args.host:
+            parse_address(args.host)
+    except ConfigurationError as exc:
+        print(f"geviso bench: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _main(args, argv, spec)
+    except GevisoError as exc:  # e.g. the --host cannot be reached
+        print(f"geviso bench: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace, argv: Optional[Sequence[str]], spec: Spec) -> int:
     info = machine()
     if args.compare_moov:
         return _compare_moov(args, info)
@@ -291,7 +310,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"geviso bench on {info['cpu']} ({info['cores']} cores), Python {info['python']}, "
               f"gevent {info['gevent']}, pyiso8583 {info['pyiso8583']}")
         print(HEADER, flush=True)
-    spec = specs.by_name(args.spec)
     with gctune.tuned() if args.gc_freeze else contextlib.nullcontext():
         results = run(args, spec, (lambda r: None) if args.json else (lambda r: print(_row(r), flush=True)))
     has_codec = any(r.workload == "codec" for r in results)

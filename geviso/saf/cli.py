@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -17,7 +18,7 @@ from typing import Any, Callable, Optional
 from .. import masking
 from ..errors import ConfigurationError, StoreError
 from .core import DEAD, PENDING, STATES, Entry
-from .store import Store, Txn, open_store
+from .store import Store, Txn, open_store, sqlite_path
 
 PROG = "geviso saf"
 
@@ -54,7 +55,12 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, func: Callable[[Store, argparse.Namespace], int]) -> int:
-    """Open the store, run one action, close it; errors as one line on stderr."""
+    """Open the store, run one action, close it; errors as one line on stderr. The
+    operator's commands never create a store: a missing SQLite file is a usage error
+    (a typo'd path would otherwise show an empty store)."""
+    path = sqlite_path(args.store)
+    if path is not None and not os.path.exists(path):
+        return _usage(f"store {path}: no such file")
     try:
         store = open_store(args.store)
     except ConfigurationError as exc:  # StoreRefused included: left untouched

@@ -244,8 +244,16 @@ def open_store(location: str, **options: Any) -> Store:
         return PostgresStore(location, **options)
     from .sqlite import SqliteStore
 
-    path = location[len("sqlite://") :] if location.startswith("sqlite://") else location
+    path = sqlite_path(location)
+    assert path is not None
     return SqliteStore(path, **options)
 
 
-__all__ = ["SCHEMA_VERSION", "Store", "Txn", "open_store", "run_each"]
+def sqlite_path(location: str) -> Optional[str]:
+    """The SQLite file a store location names; None for a PostgreSQL URL."""
+    if location.startswith(("postgresql://", "postgres://")):
+        return None
+    return location[len("sqlite://") :] if location.startswith("sqlite://") else location
+
+
+__all__ = ["SCHEMA_VERSION", "Store", "Txn", "open_store", "run_each", "sqlite_path"]
