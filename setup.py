@@ -25,7 +25,7 @@ setup(
     packages=find_packages(include=["geviso", "geviso.*"]),
     # Every file under geviso/ (py.typed, templates, examples of rules...) ships: see MANIFEST.in.
     include_package_data=True,
-    package_data={"geviso.admin_static": ["*.html", "*.css", "*.js"]},  # the admin live page
+    package_data={"geviso.mock.admin_static": ["*.html", "*.css", "*.js"]},  # the admin live page
     install_requires=["gevent>=23.9", "pyiso8583>=3.0"],
     extras_require={
         "test": [

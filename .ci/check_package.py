@@ -58,7 +58,7 @@ def main() -> None:
             "assert geviso.__file__.startswith(%r)" % str(venv),
             "import geviso.locust",  # [load]
             "import geviso.metrics.prometheus",  # [prometheus]
-            "import geviso.rules as r; assert len(r.loads('- {code: \"05\"}', fmt='yaml')) == 1",  # [yaml]
+            "import geviso.mock.rules as r; assert len(r.loads('- {code: \"05\"}', fmt='yaml')) == 1",  # [yaml]
         )
         for code in checks:
             run(python, "-c", code, cwd=Path(tmp))

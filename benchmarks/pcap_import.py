@@ -81,7 +81,7 @@ def make_pcap(path: Path, size_mb: float, streams: int) -> int:
 
 
 def time_import(path: Path, rounds: int) -> list[float]:
-    from geviso.pcap import import_pcap
+    from geviso.capture.pcap import import_pcap
 
     spent = []
     for _ in range(rounds):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from . import codec, errors, framing, keepalive, keys, masking, metrics, saf, stan, tls, tracing
+from . import _moved, codec, errors, framing, keepalive, keys, masking, metrics, saf, stan, tls, tracing
 from .connection import Connection
 from .errors import (
     ConfigurationError,
@@ -29,7 +29,7 @@ from .errors import (
     StoreError,
     StoreRefused,
 )
-from .mockhost import MockHost
+from .mock.host import MockHost
 from .pool import Pool
 from .saf import StoreAndForward
 from .server import Server
@@ -38,6 +38,7 @@ from .stan import StanGenerator
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+_moved.install()  # geviso.mockhost, geviso.rules...: the modules' paths before geviso.mock/capture
 
 __all__ = [
     "ConfigurationError",

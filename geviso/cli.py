@@ -4,7 +4,7 @@
 (so ``--port 0`` can be read back), logs one line per link to stderr, and on SIGINT or
 SIGTERM stops gracefully, prints ``geviso mock-host stats: received=... codes=...`` and
 exits 0. ``--workers N`` runs N processes sharing the port through ``SO_REUSEPORT``.
-``--admin HOST:PORT`` serves the admin API and live page (:mod:`geviso.admin`) and
+``--admin HOST:PORT`` serves the admin API and live page (:mod:`geviso.mock.admin`) and
 prints ``geviso mock-host admin on http://HOST:PORT``.
 
 Exit status: 0 done, 2 a usage or configuration error (a one-line message names the
@@ -25,10 +25,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from . import capture_cli, specs
 from . import framing as framing_mod
+from . import specs
+from .capture import cli as capture_cli
 from .errors import ConfigurationError, GevisoError
-from .mockhost import DEFAULT_MAX_ECHO_FAILURES, DEFAULT_READ_TIMEOUT, MockHost, load_rules, summary_line
+from .mock.host import DEFAULT_MAX_ECHO_FAILURES, DEFAULT_READ_TIMEOUT, MockHost, load_rules, summary_line
 from .options import optional_seconds, seconds
 from .saf import cli as saf_cli
 from .server import bind_reuse_port
@@ -157,7 +158,7 @@ def _host_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.admin_token is not None and args.admin is None:
         raise ConfigurationError("--admin-token needs --admin")
     if args.admin is not None:
-        from .admin import check_exposure
+        from .mock.admin import check_exposure
 
         if args.workers > 1:
             raise ConfigurationError("--admin serves one process; use it with --workers 1")
@@ -209,7 +210,7 @@ def mock_host(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     admin = None
     if args.admin is not None:
-        from .admin import AdminServer
+        from .mock.admin import AdminServer
 
         try:
             admin = AdminServer(host, args.admin, token=args.admin_token).start()
@@ -259,7 +260,7 @@ def _serve_until_signal(host: Any) -> None:
     finally:
         for watcher in watchers:
             watcher.cancel()
-    logging.getLogger("geviso.mockhost").info("stopping: %d links open", len(host.connections))
+    logging.getLogger("geviso.mock.host").info("stopping: %d links open", len(host.connections))
     host.stop(timeout=STOP_TIMEOUT)
 
 

@@ -32,12 +32,12 @@ from .codec import Codec, Message, Spec, codec_for, is_response, response_mti, t
 from .connection import Connection, close_quietly, parse_address
 from .framing import BY_NAME as FRAMINGS
 from .framing import Framing, by_name
-from .journal import DEFAULT_SIZE as JOURNAL_SIZE
-from .mockhost import APPROVAL_CODES, MockHost, load_rules
+from .mock.host import APPROVAL_CODES, MockHost, load_rules
+from .mock.journal import DEFAULT_SIZE as JOURNAL_SIZE
+from .mock.rules import RuleSet
+from .mock.rules import parse as parse_rules
 from .pool import Pool
 from .rrn import RrnGenerator
-from .rules import RuleSet
-from .rules import parse as parse_rules
 from .specs import by_name as spec_by_name
 from .stan import StanGenerator
 from .tls import client_context
@@ -746,7 +746,7 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
         Settings.from_environment(environment, environment.host)
         return
     if admin_address:
-        from .admin import check_exposure
+        from .mock.admin import check_exposure
 
         check_exposure(admin_address, option(environment, "iso_mock_admin_token"))  # before anything listens
     journal = JOURNAL_SIZE if admin_address else 0
@@ -759,14 +759,14 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
 
 
 def mock_admin(environment: Environment) -> Any:
-    """The embedded mock host's :class:`~geviso.admin.AdminServer` in this run, or None."""
+    """The embedded mock host's :class:`~geviso.mock.admin.AdminServer` in this run, or None."""
     return _mock_admins.get(environment)
 
 
 def start_mock_admin(environment: Environment, address: str, *, token: Optional[str] = None) -> str:
     """Serve the embedded mock host's admin API and live page on ``address`` for the run
     (stopped with the host); returns its URL."""
-    from .admin import AdminServer
+    from .mock.admin import AdminServer
 
     host = _mock_hosts.get(environment)
     if host is None:

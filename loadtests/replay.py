@@ -6,7 +6,7 @@ keeps running the mixed card scenario alone.
 
 from __future__ import annotations
 
-from geviso.locust_replay import ReplayUser, requested
+from geviso.capture.locust import ReplayUser, requested
 
 
 class CaptureReplayUser(ReplayUser):

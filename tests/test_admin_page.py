@@ -19,8 +19,8 @@ import pytest
 from iso8583.specs import default as spec
 
 import geviso
-from geviso.admin import AdminServer
-from geviso.mockhost import MockHost
+from geviso.mock.admin import AdminServer
+from geviso.mock.host import MockHost
 
 CHROMIUM = os.environ.get("GEVISO_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("GEVISO_CHROMEDRIVER", "/usr/bin/chromedriver")

@@ -14,8 +14,10 @@ import pytest
 from iso8583.specs import default as spec
 
 import geviso
-from geviso import capture, playback, proxy, refresh, replay
+from geviso import capture
+from geviso.capture import refresh, replay
 from geviso.errors import CaptureError, ConfigurationError
+from geviso.mock import playback, proxy
 
 PAN = "4111111111111111"
 DECLINED_PAN = "4000000000000051"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-import geviso.rules
+import geviso.mock.rules
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
@@ -156,7 +156,7 @@ def help_text(*command: str) -> str:
 def iso_options_help() -> str:
     """The help of the ``--iso-*`` options geviso.locust adds to Locust's command line."""
     code = (
-        "import argparse, geviso.locust as m, geviso.locust_replay as r; p = argparse.ArgumentParser(); "
+        "import argparse, geviso.locust as m, geviso.capture.locust as r; p = argparse.ArgumentParser(); "
         "m._add_options(p); r._add_options(p); p.print_help()"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -220,7 +220,7 @@ def test_shell_block_runs(block):
 def test_json_block_parses_and_rules_compile(block):
     data = json.loads(block.code)
     if isinstance(data, list):
-        geviso.rules.parse(data, source=block.where)
+        geviso.mock.rules.parse(data, source=block.where)
 
 
 def test_versions_named_in_the_docs_are_the_package_version():

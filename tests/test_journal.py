@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from geviso import journal as journal_mod
-from geviso import rules
 from geviso.errors import ConfigurationError
-from geviso.journal import Journal, compile_match
-from geviso.nearmiss import Explainer
-from geviso.scenarios import STARTED, Scenarios
+from geviso.mock import journal as journal_mod
+from geviso.mock import rules
+from geviso.mock.journal import Journal, compile_match
+from geviso.mock.nearmiss import Explainer
+from geviso.mock.scenarios import STARTED, Scenarios
 
 PAN = "4111111111111111"
 

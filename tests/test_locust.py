@@ -294,7 +294,7 @@ def test_bad_options_stop_locust_at_init() -> None:
 
 
 def test_iso_mock_admin_serves_the_embedded_hosts_admin_api_during_the_run() -> None:
-    from geviso.mockhost import AdminClient
+    from geviso.mock.host import AdminClient
 
     options = Namespace(iso_mock_admin="127.0.0.1:0")
     env = Environment(user_classes=[LenientUser], events=Events(), parsed_options=options, stop_timeout=2.0)

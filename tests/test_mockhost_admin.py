@@ -15,9 +15,9 @@ from conftest import wait_until
 from test_cli import MockHostProcess
 
 from geviso import cli
-from geviso.admin import AdminServer, check_exposure
 from geviso.errors import AdminError, ConfigurationError
-from geviso.mockhost import AdminClient, MockHost
+from geviso.mock.admin import AdminServer, check_exposure
+from geviso.mock.host import AdminClient, MockHost
 
 PAN = "4111111111111111"
 START_RULES = [{"name": "big declined", "match": {"mti": "0100", "amount_above": 100000}, "code": "51"}]
@@ -240,7 +240,7 @@ def test_cli_serves_the_admin_api_and_refuses_an_exposed_one_without_token(capsy
 def test_the_page_and_its_files_are_served_from_the_package_without_the_token():
     from importlib import resources
 
-    names = {p.name for p in resources.files("geviso.admin_static").iterdir()}
+    names = {p.name for p in resources.files("geviso.mock.admin_static").iterdir()}
     assert {"index.html", "admin.css", "admin.js"} <= names
     stack = Stack(token="s3cret")
     try:

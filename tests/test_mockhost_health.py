@@ -88,12 +88,12 @@ def test_an_answer_that_cannot_be_encoded_is_logged_once_per_link_with_its_reaso
     host.response_code = "\u00e91"  # changed at run time: past the start-time check
     conn = geviso.Connection(("127.0.0.1", host.server_port), spec, send_timeout=0.3).connect()
     try:
-        with caplog.at_level(logging.WARNING, logger="geviso.mockhost"):
+        with caplog.at_level(logging.WARNING, logger="geviso.mock.host"):
             for stan in range(1, 21):
                 with pytest.raises(geviso.SendTimeout):
                     conn.send({"t": "0200", "11": "%06d" % stan}, timeout=0.05)
             assert wait_until(lambda: host.stats.errors == 20)
-        lines = [r.getMessage() for r in caplog.records if r.name == "geviso.mockhost"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "geviso.mock.host"]
         assert len(lines) == 1, lines
         assert "could not be encoded" in lines[0] and "field 39" in lines[0]
     finally:

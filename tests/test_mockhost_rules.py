@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from geviso import rules
 from geviso.errors import ConfigurationError
-from geviso.mockhost import load_rules
+from geviso.mock import rules
+from geviso.mock.host import load_rules
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "rules.json"
 

@@ -32,9 +32,9 @@ BUILDERS: dict[str, Callable[[Any], Any]] = {
     "timeout": lambda v: keepalive.echo_handler(v),
     "poll_interval": lambda v: _saf()(None, "/nonexistent/saf.db", poll_interval=v),
     "retry_wait": lambda v: _policy()(retry_wait=v, max_wait=max(v, 60) if isinstance(v, int) else 60),
-    "proxy timeout": lambda v: _module("proxy").RecordingProxy(("127.0.0.1", 1), timeout=v),
-    "replay timeout": lambda v: _module("replay").Replayer(("127.0.0.1", 1), spec, timeout=v),
-    "admin client timeout": lambda v: _module("adminclient").AdminClient("http://127.0.0.1:1", timeout=v),
+    "proxy timeout": lambda v: _module("mock.proxy").RecordingProxy(("127.0.0.1", 1), timeout=v),
+    "replay timeout": lambda v: _module("capture.replay").Replayer(("127.0.0.1", 1), spec, timeout=v),
+    "admin client timeout": lambda v: _module("mock.adminclient").AdminClient("http://127.0.0.1:1", timeout=v),
 }
 
 

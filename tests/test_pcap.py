@@ -17,7 +17,9 @@ from iso8583.specs import default as spec
 from test_capture import PAN, hosts, record  # noqa: F401 - the fixture
 from test_capture_cli import geviso_cli, one_error_line
 
-from geviso import capture, cli, framing, pcap
+from geviso import capture, cli, framing
+from geviso.capture import pcap
+from geviso.codec import codec_for
 
 HOST_PORT = 8583
 SERVER = "10.0.0.1"
@@ -120,7 +122,7 @@ def test_a_pcap_of_recorded_traffic_imports_to_the_same_capture(hosts: Any, tmp_
 def test_card_data_in_a_pcap_is_masked_unless_asked(tmp_path: Path) -> None:
     request = {"t": "0200", "2": PAN, "11": "000001", "52": "0123456789ABCDEF"}
     answer = {"t": "0210", "2": PAN, "11": "000001", "39": "00"}
-    codec = capture.codec_for(spec)
+    codec = codec_for(spec)
     exchange = capture.Exchange(time=10.0, request=request, answer=answer, latency_ms=5.0, link="10.0.0.2:40000",
                                 request_hex=codec.encode(request).hex(), answer_hex=codec.encode(answer).hex())
     report, (masked,) = imported(tmp_path, packets_of([exchange]))
@@ -131,7 +133,7 @@ def test_card_data_in_a_pcap_is_masked_unless_asked(tmp_path: Path) -> None:
 
 def test_non_tcp_other_ports_undecodable_frames_and_unanswered_requests_are_counted(tmp_path: Path) -> None:
     frame = framing.binary(2)
-    codec = capture.codec_for(spec)
+    codec = codec_for(spec)
     udp = dpkt.ip.IP(src=socket.inet_aton("10.0.0.2"), dst=socket.inet_aton(SERVER), p=dpkt.ip.IP_PROTO_UDP,
                      data=dpkt.udp.UDP(sport=5, dport=HOST_PORT, data=b"hello"))
     arp = dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_ARP, data=dpkt.arp.ARP())
@@ -163,7 +165,7 @@ def test_the_wrong_framing_is_a_counted_framing_error(hosts: Any, tmp_path: Path
 
 def test_a_lost_packet_is_a_counted_gap_and_the_stream_goes_on(tmp_path: Path) -> None:
     frame = framing.binary(2)
-    codec = capture.codec_for(spec)
+    codec = codec_for(spec)
     stream = Stream("10.0.0.2", 40000)
     lost = frame.encode(codec.encode({"t": "0800", "11": "000001", "70": "301"}))
     stream.send(1.0, lost, True, 0)  # never captured
@@ -177,7 +179,7 @@ def test_a_lost_packet_is_a_counted_gap_and_the_stream_goes_on(tmp_path: Path) -
 
 def test_bad_files_give_one_clear_line_or_a_counted_truncation(tmp_path: Path, capsys: Any) -> None:
     stream = Stream("10.0.0.2", 40000)
-    codec = capture.codec_for(spec)
+    codec = codec_for(spec)
     good = tmp_path / "good.pcap"
     message = framing.binary(2).encode(codec.encode({"t": "0800", "11": "000001", "70": "301"}))
     write_pcap(good, [*stream.handshake(1.0), *stream.send(1.1, message, True, 0)])

@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import geviso
-from geviso import cli, rules
+from geviso import cli
 from geviso.errors import ConfigurationError
+from geviso.mock import rules
 
 JSON_LEAVES = (
     st.none()

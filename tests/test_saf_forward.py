@@ -248,7 +248,7 @@ def test_prometheus_exports_the_store_and_forward_stats(host, conn, tmp_path):
     ],
 )
 def test_a_bad_drop_first_rule_is_refused_naming_the_key(rule, problem):
-    from geviso import rules
+    from geviso.mock import rules
 
     with pytest.raises(ConfigurationError, match=f"key 'drop_first': .*{problem}"):
         rules.parse([rule])

@@ -20,7 +20,7 @@ from ..connection import Connection, parse_address
 from ..framing import by_name as framing_by_name
 
 if TYPE_CHECKING:
-    from ..mockhost import MockHost
+    from ..mock.host import MockHost
 
 START_TIMEOUT = 30.0
 SEND_TIMEOUT = 120.0
@@ -154,7 +154,7 @@ def mock_host_process(spec_name: str, framing_name: str) -> Any:
 @contextmanager
 def _local_mock_host(spec: Spec, framing_name: str) -> Iterator[tuple[tuple[str, int], MockHost]]:
     """A mock host in this process; yields its address and the host."""
-    from ..mockhost import MockHost
+    from ..mock.host import MockHost
 
     # No request journal: the host shares this process, and only geviso's links are measured.
     host = MockHost(("127.0.0.1", 0), spec, framing=framing_by_name(framing_name), journal_size=0)

@@ -3,7 +3,7 @@
 
 One client link and the host in this process, an 0800 with field 11 only, a burst of N
 concurrent sends, each from ``gevent.spawn`` (moov starts a goroutine per send), timed
-end to end. The host is the inline :class:`~geviso.mockhost.MockHost` or a
+end to end. The host is the inline :class:`~geviso.mock.host.MockHost` or a
 :class:`~geviso.server.Server` whose ``on_inbound`` handler answers.
 """
 

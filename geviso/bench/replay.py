@@ -26,7 +26,7 @@ def replay_capture(messages: int, started: float = 1_796_600_000.0) -> list[Any]
 def run_replay(address: tuple[str, int], spec: Spec, framing_name: str, concurrency: int, messages: int,
                host_pid: Optional[int] = None) -> Result:
     """``geviso replay --speed max --concurrency N`` of :func:`replay_capture` on one link."""
-    from ..replay import Replayer
+    from ..capture.replay import Replayer
 
     exchanges = replay_capture(messages)
     replayer = Replayer(address, spec, framing=framing_by_name(framing_name), concurrency=concurrency, speed=None,

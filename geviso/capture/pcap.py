@@ -28,12 +28,12 @@ from typing import IO, Any, Optional, Union
 
 import dpkt
 
-from . import capture as capture_mod
-from .codec import Message, Spec, codec_for, is_response
-from .errors import CaptureError, FramingError, GevisoError
-from .framing import FrameDecoder, Framing
-from .keys import default as default_key
-from .keys import mti_pair
+from ..codec import Message, Spec, codec_for, is_response
+from ..errors import CaptureError, FramingError, GevisoError
+from ..framing import FrameDecoder, Framing
+from ..keys import default as default_key
+from ..keys import mti_pair
+from . import format as capture_mod
 
 PathLike = Union[str, "os.PathLike[str]"]
 

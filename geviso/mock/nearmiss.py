@@ -1,7 +1,7 @@
 """Why no rule matched a request: the rules that came closest, and what they missed. No I/O.
 
 Each rule's ``match`` is split into its conditions (the MTI, the PAN prefix, the amount
-band, each field), each compiled alone by :mod:`geviso.rules`, once per rule set. For a
+band, each field), each compiled alone by :mod:`geviso.mock.rules`, once per rule set. For a
 request no rule took, :meth:`Explainer.explain` counts the conditions each rule missed
 and names them, closest rules first. Values are shown masked.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
+from ..masking import mask_field
 from . import rules as rules_mod
-from .masking import mask_field
 
 #: Near misses a journal entry lists at most.
 DEFAULT_LIMIT = 3
@@ -57,7 +57,7 @@ def _field_reason(field: str, wanted: str) -> _Reason:
 
 
 class Explainer:
-    """Explains misses against one :class:`~geviso.rules.RuleSet` (build one per set)."""
+    """Explains misses against one :class:`~geviso.mock.rules.RuleSet` (build one per set)."""
 
     def __init__(self, rule_set: rules_mod.RuleSet, *, limit: int = DEFAULT_LIMIT) -> None:
         self.rule_set = rule_set

@@ -1,7 +1,7 @@
 """The mock host's admin HTTP API and live page: a thin JSON layer over its methods.
 
 Served in the host's process by gevent's WSGI server (``geviso mock-host --admin
-127.0.0.1:8584``). Every route calls one :class:`~geviso.mockcontrol.MockControl`
+127.0.0.1:8584``). Every route calls one :class:`~geviso.mock.control.MockControl`
 method::
 
     GET    /rules                     the rules, with positions and hit counts
@@ -41,11 +41,11 @@ from urllib.parse import parse_qs, unquote
 
 import gevent.pywsgi
 
-from .connection import Address, parse_address
-from .errors import AdminError, ConfigurationError, NotFound
+from ..connection import Address, parse_address
+from ..errors import AdminError, ConfigurationError, NotFound
+from ..masking import mask_text
+from ..options import seconds
 from .journal import masked
-from .masking import mask_text
-from .options import seconds
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ DEFAULT_ADDRESS = ("127.0.0.1", 8584)
 #: Largest request body read (bytes).
 MAX_BODY = 1 << 20
 #: Package directory of the live page's files.
-STATIC_PACKAGE = "geviso.admin_static"
+STATIC_PACKAGE = "geviso.mock.admin_static"
 #: Seconds a host-initiated message waits for its answer unless the call says otherwise.
 SEND_TIMEOUT = 5.0
 #: Journal entries the live page shows.
@@ -393,7 +393,7 @@ class AdminServer:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<geviso.admin.AdminServer {self.url}>"
+        return f"<geviso.mock.admin.AdminServer {self.url}>"
 
 
 __all__ = ["DEFAULT_ADDRESS", "AdminApp", "AdminServer", "check_exposure", "is_loopback"]

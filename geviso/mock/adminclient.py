@@ -1,4 +1,4 @@
-"""A small client of the mock host's admin API, for tests (``geviso.mockhost.AdminClient``).
+"""A small client of the mock host's admin API, for tests (``geviso.mock.host.AdminClient``).
 
 Standard library only (``urllib``), so a test suite needs nothing more than geviso::
 
@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 from urllib.parse import quote, urlencode
 
-from .errors import AdminError
-from .options import seconds
+from ..errors import AdminError
+from ..options import seconds
 
 RuleKey = Union[int, str]
 
@@ -157,7 +157,7 @@ class AdminClient:
         return dict(self.request("GET", "/overview"))
 
     def __repr__(self) -> str:
-        return f"<geviso.mockhost.AdminClient {self.url}>"
+        return f"<geviso.mock.host.AdminClient {self.url}>"
 
 
 def _in_thread(func: Callable[..., Any], *args: Any) -> Any:

@@ -10,7 +10,7 @@ host does not answer in time (or cannot be sent) is answered with field 39 ``91`
 A *front* is what :class:`~geviso.MockHost` asks first about each request:
 ``answer(conn, doc)`` returns True when it takes the request (and answers it itself),
 False to let the rules answer. :func:`front_for` builds the front the mock host's
-keywords ask for: this proxy, or a :class:`~geviso.playback.PlaybackFront`.
+keywords ask for: this proxy, or a :class:`~geviso.mock.playback.PlaybackFront`.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import gevent
 import gevent.pool
 
-from . import capture as capture_mod
-from . import specs
-from .connection import Address, Connection, parse_address
-from .errors import ConfigurationError, ConnectionClosed, DuplicateKey, GevisoError
-from .options import seconds
-from .pool import Pool
+from .. import specs
+from ..capture import format as capture_mod
+from ..connection import Address, Connection, parse_address
+from ..errors import ConfigurationError, ConnectionClosed, DuplicateKey, GevisoError
+from ..options import seconds
+from ..pool import Pool
 
 if TYPE_CHECKING:
-    from .mockhost import MockHost
+    from .host import MockHost
     from .playback import Playback
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ a host under load holds a fixed amount of memory. Queries read entries newest la
 
 A journal query can take a ``match`` written as a rule's ``match``
 (``{"mti": "0400", "fields": {"37": "123456789012"}}``): it is compiled by
-:mod:`geviso.rules` and so fails with the same errors. It runs against the masked
+:mod:`geviso.mock.rules` and so fails with the same errors. It runs against the masked
 request, so a field 2 condition compares with the masked PAN, and ``pan_prefix`` finds
 prefixes of up to 6 digits.
 """
@@ -21,9 +21,9 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
+from ..errors import ConfigurationError
+from ..masking import mask_doc, mask_field
 from . import rules as rules_mod
-from .errors import ConfigurationError
-from .masking import mask_doc, mask_field
 
 #: Entries a journal keeps unless told otherwise.
 DEFAULT_SIZE = 1000

@@ -16,10 +16,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional
 
-from . import capture as capture_mod
-from . import framing as framing_mod
-from . import masking, specs
-from .errors import CaptureError, ConfigurationError, GevisoError
+from .. import framing as framing_mod
+from .. import masking, specs
+from ..errors import CaptureError, ConfigurationError, GevisoError
+from . import format as capture_mod
 
 PROG = "geviso"
 
@@ -51,7 +51,8 @@ def host_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _host_options(args: argparse.Namespace) -> dict[str, Any]:
-    from . import playback, tls
+    from .. import tls
+    from ..mock import playback
 
     if args.proxy_to is None:
         for name in ("record", "proxy_ca", "proxy_cert", "proxy_key"):
@@ -65,7 +66,7 @@ def _host_options(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigurationError("--proxy-to and --playback do not go together")
     if args.record and args.workers > 1:
         raise ConfigurationError("--record needs --workers 1 (one process writes the capture)")
-    from .proxy import RecordingProxy
+    from ..mock.proxy import RecordingProxy
 
     if args.proxy_to:
         context = None
@@ -284,8 +285,9 @@ def stats_command(args: argparse.Namespace) -> int:
 # -- replay ----------------------------------------------------------------------------------
 def replay_command(args: argparse.Namespace) -> int:
     """``geviso replay``: send a capture's requests again and report the differences."""
-    from . import replay, tls
-    from .playback import parse_match
+    from .. import tls
+    from ..mock.playback import parse_match
+    from . import replay
 
     speed = replay.parse_speed(args.speed)
     for name in ("concurrency", "connections", "processes"):

@@ -4,11 +4,11 @@ Network management (0800 with field 70 = 001 sign-on, 002 sign-off, 301 echo) ge
 with field 39 = 00 (codes configurable per field-70 value). Every other request
 (0100, 0200, 0400, 0420/0421, advices...) gets its response MTI, the usual fields
 echoed (2, 3, 4, 7, 11, 12, 13, 37, 38, 41, 42, 49, 70 when present), field 39, and a
-field 38 approval code on approved authorizations and financials. :mod:`geviso.rules`
+field 38 approval code on approved authorizations and financials. :mod:`geviso.mock.rules`
 change that per request: another code, a delay, no answer, a closed link, a late answer.
-Every request goes into a bounded, masked :mod:`~geviso.journal`; the operations of
-:mod:`~geviso.mockcontrol` (rules, journal, scenarios, links, stats) steer and read a
-running host, and :mod:`geviso.admin` serves them over HTTP.
+Every request goes into a bounded, masked :mod:`~geviso.mock.journal`; the operations of
+:mod:`~geviso.mock.control` (rules, journal, scenarios, links, stats) steer and read a
+running host, and :mod:`geviso.mock.admin` serves them over HTTP.
 
 It is the target of the benchmarks, so an immediate answer is built and queued in the
 handler itself: a dict comprehension, one encode, no sleep and no extra greenlet.
@@ -30,23 +30,24 @@ import gevent
 import gevent.pool
 from iso8583.specs import default as default_spec
 
-from . import masking, proxy
+from .. import masking
+from ..codec import Spec, field_problem, is_response, response_mti, transmission_datetime
+from ..connection import Address, Connection, close_quietly
+from ..errors import ConfigurationError, ConnectionClosed, GevisoError
+from ..keepalive import ECHO
+from ..keys import mti_pair
+from ..options import optional_seconds, seconds
+from ..ratelog import SummaryLog
+from ..server import Server
+from ..stan import StanGenerator
+from . import proxy
 from . import rules as rules_mod
 from .adminclient import AdminClient
-from .codec import Spec, field_problem, is_response, response_mti, transmission_datetime
-from .connection import Address, Connection, close_quietly
-from .errors import ConfigurationError, ConnectionClosed, GevisoError
+from .control import MockControl
 from .journal import CLOSED, DEFAULT_SIZE, DROPPED, FAILED, LOST, Entry, Journal
-from .keepalive import ECHO
-from .keys import mti_pair
-from .mockcontrol import MockControl
 from .nearmiss import Explainer
-from .options import optional_seconds, seconds
-from .ratelog import SummaryLog
 from .rules import CLOSE, DROP, LATE, Rule, RuleSet
 from .scenarios import Scenarios
-from .server import Server
-from .stan import StanGenerator
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class MockStats:
 class MockHost(MockControl, Server):
     """A card host answering by rules; see the module docstring.
 
-    ``rules`` is a :class:`~geviso.rules.RuleSet`, a list of rule dicts, or the path of a
+    ``rules`` is a :class:`~geviso.mock.rules.RuleSet`, a list of rule dicts, or the path of a
     JSON/YAML rules file (a bad one raises :class:`ConfigurationError` here, before the
     host starts). ``response_code`` is field 39 when no rule says otherwise;
     ``network_codes`` maps field 70 values to field 39 (unknown ones get
@@ -190,8 +191,8 @@ class MockHost(MockControl, Server):
     cannot hold ``max_connections`` links for good. ``seed`` makes random delays
     repeatable. The journal keeps the newest ``journal_size`` requests (0: none).
     ``proxy_to`` and ``record`` make it a recording proxy in front of a real
-    host (:mod:`geviso.proxy`); ``playback`` (with ``match``) answers from a capture
-    first (:mod:`geviso.playback`); ``front`` is any such :class:`~geviso.proxy.Front`.
+    host (:mod:`geviso.mock.proxy`); ``playback`` (with ``match``) answers from a capture
+    first (:mod:`geviso.mock.playback`); ``front`` is any such :class:`~geviso.mock.proxy.Front`.
     Other keywords go to :class:`~geviso.Server`.
     """
 

@@ -36,8 +36,8 @@ import random as _random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from .errors import ConfigurationError
-from .options import MAX_SECONDS, number
+from ..errors import ConfigurationError
+from ..options import MAX_SECONDS, number
 
 RESPOND, DROP, CLOSE, LATE = "respond", "drop", "close", "late"
 ACTIONS = (RESPOND, DROP, CLOSE, LATE)

@@ -2,12 +2,12 @@
 
 Rules: list, add (at a position), replace all, delete, enable or disable, move, reset to
 the rules the host started with. Every change compiles a whole new
-:class:`~geviso.rules.RuleSet` and swaps it in one assignment, so it takes effect for
+:class:`~geviso.mock.rules.RuleSet` and swaps it in one assignment, so it takes effect for
 the next request on every link, and a bad rule changes nothing. Journal: query, count,
-clear (see :mod:`geviso.journal`). Scenarios: read and set states. Links: list, close,
+clear (see :mod:`geviso.mock.journal`). Scenarios: read and set states. Links: list, close,
 send a host-initiated message. Stats as plain data and as Prometheus text.
 
-The admin HTTP API (:mod:`geviso.admin`) is a thin layer over these methods.
+The admin HTTP API (:mod:`geviso.mock.admin`) is a thin layer over these methods.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional, Union
 
+from ..connection import Connection, close_quietly
+from ..errors import ConfigurationError, NotFound
 from . import rules as rules_mod
-from .connection import Connection, close_quietly
-from .errors import ConfigurationError, NotFound
 from .journal import Entry, Journal, compile_match
 from .nearmiss import Explainer
 from .rules import Rule, RuleSet
@@ -146,7 +146,7 @@ class MockControl:
         return self.journal
 
     def journal_entries(self, **filters: Any) -> list[Entry]:
-        """Journal entries, newest last; filters as :meth:`geviso.journal.Journal.entries`,
+        """Journal entries, newest last; filters as :meth:`geviso.mock.journal.Journal.entries`,
         and ``match`` may be a rule's ``match`` dict."""
         if "match" in filters and not isinstance(filters["match"], Rule) and filters["match"] is not None:
             filters["match"] = compile_match(filters["match"])

@@ -1,12 +1,12 @@
 """Replay a capture in Locust: ``locust -f loadtests/replay.py --iso-replay capture.jsonl``.
 
 :class:`ReplayUser` sends the capture's requests (fresh STANs, RRNs and dates, see
-:mod:`geviso.refresh`) at the recorded pace times ``--iso-replay-speed`` (``max``: as
+:mod:`geviso.capture.refresh`) at the recorded pace times ``--iso-replay-speed`` (``max``: as
 fast as the users can), each reported to Locust as ``MTI replay``, and compares every
 answer with the recorded one. The diff (answers with another response code or another
 value in ``--iso-replay-compare`` fields, first examples masked) is printed to stderr
 at the end, summed over the workers. Each Locust process replays its share of the
-capture (whole recorded links, see :func:`geviso.replay.split`): the master tells each
+capture (whole recorded links, see :func:`geviso.capture.replay.split`): the master tells each
 worker its share. The run stops once the capture has been replayed.
 
 With no ``--host``, the embedded mock host plays the same capture back (so a replay
@@ -27,10 +27,10 @@ from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
-from . import capture as capture_mod
-from .errors import CaptureError
-from .locust import ISO8583User, mock_host
-from .playback import PlaybackFront, parse_match
+from ..errors import CaptureError
+from ..locust import ISO8583User, mock_host
+from ..mock.playback import PlaybackFront, parse_match
+from . import format as capture_mod
 from .refresh import DiffReport, Refresher
 from .replay import parse_speed, split
 

@@ -18,10 +18,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-from . import masking
-from .codec import Message
-from .rrn import RrnGenerator
-from .stan import StanGenerator
+from .. import masking
+from ..codec import Message
+from ..rrn import RrnGenerator
+from ..stan import StanGenerator
 
 #: How many recorded STANs and RRNs are remembered for follow-ups (reversals, completions).
 REMEMBERED = 100_000

@@ -35,9 +35,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import IO, Any, Optional, Union
 
-from . import masking
-from .codec import Codec, Message, Spec, codec_for
-from .errors import CaptureError, GevisoError
+from .. import masking
+from ..codec import Codec, Message, Spec, codec_for
+from ..errors import CaptureError, GevisoError
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class CaptureWriter:
         if record_card_data and header.masked:
             header = replace(header, masked=False)
         if spec is None:
-            from . import specs
+            from .. import specs
 
             spec = specs.by_name(header.spec)
         self.path = os.fspath(path)

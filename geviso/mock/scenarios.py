@@ -2,7 +2,7 @@
 
 A rule with ``"scenario": "auth flow", "state": "Started"`` applies only while that
 scenario is in that state, and one with ``"new_state": "declined"`` moves it there when
-it fires. Every scenario starts in :data:`~geviso.rules.STARTED`. So three rules give
+it fires. Every scenario starts in :data:`~geviso.mock.rules.STARTED`. So three rules give
 "the first authorization approved, the second declined 51, then approved again".
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 from .rules import STARTED, Rule, RuleSet
 
 

@@ -1,10 +1,10 @@
 """Replay a capture as load: ``geviso replay capture.jsonl --host HOST:PORT``.
 
 The recorded requests go out again with fresh STANs, RRNs and dates
-(:class:`~geviso.refresh.Refresher`), at the recorded pace times ``speed`` (``None``:
+(:class:`~geviso.capture.refresh.Refresher`), at the recorded pace times ``speed`` (``None``:
 as fast as ``concurrency`` senders can, each sending its next request when its answer
 arrives), on ``connections`` links. Each answer is compared with the recorded one
-(:class:`~geviso.refresh.DiffReport`). :func:`split` shares a capture between processes
+(:class:`~geviso.capture.refresh.DiffReport`). :func:`split` shares a capture between processes
 by recorded link, so each link's requests (a sale and its reversal) stay in order.
 """
 
@@ -21,15 +21,15 @@ from typing import Any, Optional
 import gevent
 import gevent.pool
 
-from .capture import Exchange
-from .codec import Spec
-from .connection import Address, Connection, close_quietly, parse_address
-from .errors import ConfigurationError, GevisoError
-from .framing import Framing
-from .options import seconds
+from ..codec import Spec
+from ..connection import Address, Connection, close_quietly, parse_address
+from ..errors import ConfigurationError, GevisoError
+from ..framing import Framing
+from ..options import seconds
+from ..rrn import RrnGenerator
+from ..stan import MAX_STAN, StanGenerator
+from .format import Exchange
 from .refresh import DiffReport, Refresher
-from .rrn import RrnGenerator
-from .stan import MAX_STAN, StanGenerator
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Optional, Union
 import gevent
 import gevent.pool
 
-from . import capture as capture_mod
-from .codec import Message, Spec, transmission_datetime
-from .connection import Connection
-from .errors import ConfigurationError
+from ..capture import format as capture_mod
+from ..codec import Message, Spec, transmission_datetime
+from ..connection import Connection
+from ..errors import ConfigurationError
 from .proxy import Front, reply
 
 if TYPE_CHECKING:
-    from .mockhost import MockHost
+    from .host import MockHost
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,0 @@
-"""The admin live page: plain HTML, CSS and JavaScript served by :mod:`geviso.admin`."""
