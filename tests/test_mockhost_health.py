@@ -103,14 +103,15 @@ def test_an_answer_that_cannot_be_encoded_is_logged_once_per_link_with_its_reaso
 
 def test_mock_host_cli_defaults_close_silent_links(capsys):
     from geviso import cli
+    from geviso.mock import cli as mock_cli
 
     parser = cli.build_parser()
     args = parser.parse_args(["mock-host"])
     assert args.read_timeout == 60 and args.max_echo_failures == 2 and args.echo_timeout == 5
-    options = cli._host_options(args)
+    options = mock_cli._host_options(args)
     assert options["read_timeout"] == 60 and options["max_echo_failures"] == 2
     args = parser.parse_args(["mock-host", "--read-timeout", "0"])
-    assert cli._host_options(args)["read_timeout"] is None  # 0: never
+    assert mock_cli._host_options(args)["read_timeout"] is None  # 0: never
 
 
 def test_the_mock_host_command_drops_stalled_sockets_so_good_clients_get_in():

@@ -144,7 +144,7 @@ def _process(args: list[str], marker: str) -> Iterator[Endpoint]:
 
 def mock_host_process(spec_name: str, framing_name: str) -> Any:
     """``geviso mock-host --port 0`` in a child process; yields its address."""
-    from ..cli import LISTENING  # (cli imports this module lazily, for ``geviso bench``)
+    from ..mock.cli import LISTENING
 
     args = [sys.executable, "-m", "geviso", "mock-host", "--port", "0", "--spec", spec_name,
             "--framing", framing_name, "--log-level", "WARNING"]

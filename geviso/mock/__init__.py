@@ -10,6 +10,7 @@ Parts: :mod:`~geviso.mock.host` (the host: default answers, applying rules),
 ``admin_static``), :mod:`~geviso.mock.adminclient` (a client of that API, for tests),
 and the fronts asked before the rules: :mod:`~geviso.mock.proxy` (forward to a real
 host and record) and :mod:`~geviso.mock.playback` (answer from a recorded capture).
+:mod:`~geviso.mock.cli` is the ``geviso mock-host`` command.
 """
 
 from __future__ import annotations
