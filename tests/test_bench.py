@@ -133,11 +133,16 @@ def test_saf_workload_reports_puts_forwards_and_the_sends_beside_it(capsys):
         "sends alone C=10",
         "sends beside SAF 1000/s C=10",
         "put to acknowledgement at 1000/s",
+        "hub stalls alone",
+        "hub stalls beside SAF 1000/s",
     }
     assert rows["durable puts C=10"]["matched"] == 300 and rows["durable puts C=10"]["cpu_us_per_msg"] > 0
     assert rows["forwards window=64"]["matched"] == 300 and rows["forwards window=64"]["failed"] == 0
     assert rows["put to acknowledgement at 1000/s"]["messages"] > 0
     assert len(rows["sends beside SAF 1000/s C=10"]["p99_rounds_us"]) == 3
+    for label in ("hub stalls alone", "hub stalls beside SAF 1000/s"):  # the ticker woke, and was timed
+        assert rows[label]["messages"] > 0 and len(rows[label]["longest_rounds_us"]) == 3
+    assert any(line.startswith("longest hub stall beside SAF at 1000/s: ") for line in report["summary"])
 
 
 def test_moov_workload_bursts_against_the_mock_host_and_a_server_handler_and_matches_every_answer(capsys):

@@ -243,6 +243,10 @@ def summary(results: Sequence[Result], codec_cost_ns: Optional[float] = None) ->
             ratio = (loop.ns_per_msg - 2 * codec_cost_ns) / bare.ns_per_msg
             lines.append(f"whole stack C={level}: geviso client and mock host {loop.ns_per_msg:,.0f} ns/rt - both "
                          f"codecs {2 * codec_cost_ns:,.0f} ns = {ratio:.2f} x the bare client and echo")
+    if any(r.workload == "saf" for r in results):
+        from ..saf.bench import summary as saf_summary
+
+        lines += saf_summary(list(results))
     return lines
 
 

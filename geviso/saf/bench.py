@@ -1,7 +1,9 @@
 """The ``saf`` workload of ``geviso bench``: durable puts per second, forwards per
 second, latency from put to acknowledgement, and the p99 of concurrent sends in the
 same process with and without a store and forward storing and forwarding 1,000
-messages a second (so a store that blocked the hub would show).
+messages a second; beside the senders a ticker greenlet sleeps 1 ms again and again
+and records how late it wakes: the hub's stalls (a store call that blocked the hub
+would show as one as long as the call).
 
 The store is a SQLite file in a temporary directory (on the disk of ``TMPDIR``); the
 mock host runs in another process, so the measured process holds only the client side.
@@ -47,6 +49,8 @@ WINDOW = 64
 #: The SAF's rate while the p99 of sends is measured, and how long each round lasts.
 BACKGROUND_RATE = 1000
 ROUND_SECONDS = 3.0
+#: The ticker's sleep: its lateness on waking is how long the hub could not run it.
+TICK = 0.001
 
 
 def _saf(target: Any, path: str, spec: Spec, **options: Any) -> StoreAndForward:
@@ -139,6 +143,7 @@ def sends_p99(
 
     alone: list[list[float]] = []
     beside: list[list[float]] = []
+    stalls: dict[str, list[list[float]]] = {"alone": [], "beside": []}
     rates: list[float] = []
     begun: dict[str, float] = {}
     to_ack: list[float] = []
@@ -149,11 +154,13 @@ def sends_p99(
     with tempfile.TemporaryDirectory() as tmp, _link(address, spec, framing_name) as conn, \
             _link(address, spec, framing_name) as saf_conn:  # fmt: skip
         for i in range(rounds):
-            alone.append(_closed_loop(conn, request, seconds))
+            with _ticker(stalls["alone"]):
+                alone.append(_closed_loop(conn, request, seconds))
             saf = _saf(saf_conn, os.path.join(tmp, f"saf{i}.db"), spec, on_delivered=delivered)
             pacer = gevent.spawn(_paced_puts, saf, BACKGROUND_RATE, seconds + 0.5, begun)
             gevent.sleep(0.25)
-            beside.append(_closed_loop(conn, request, seconds))
+            with _ticker(stalls["beside"]):
+                beside.append(_closed_loop(conn, request, seconds))
             pacer.join()
             rates.append(saf.stats.delivered / (seconds + 0.5))
             saf.drain(30)
@@ -165,9 +172,47 @@ def sends_p99(
         out.append(Result("saf", f"{label} C=10", len(latencies), rounds * seconds, latencies, len(latencies),
                           p99_rounds_us=[round(p * 1e6) for p in p99s],
                           saf_delivered_per_s=[round(r) for r in rates] if runs is beside else None))  # fmt: skip
+    for label, key in (("hub stalls alone", "alone"), (f"hub stalls beside SAF {BACKGROUND_RATE}/s", "beside")):
+        late = [x for run in stalls[key] for x in run]
+        out.append(Result("saf", label, len(late), rounds * seconds, late, len(late),
+                          longest_us=round(max(late, default=0.0) * 1e6),
+                          longest_rounds_us=[round(max(run, default=0.0) * 1e6) for run in stalls[key]]))  # fmt: skip
     out.append(Result("saf", f"put to acknowledgement at {BACKGROUND_RATE}/s", len(to_ack), rounds * seconds,
                       to_ack, len(to_ack)))  # fmt: skip
     return out
+
+
+class _ticker:
+    """A greenlet that sleeps :data:`TICK` again and again while the block runs, and
+    appends to ``rounds`` the list of how late (seconds) it woke each time."""
+
+    def __init__(self, rounds: list[list[float]]) -> None:
+        self.late: list[float] = []
+        rounds.append(self.late)
+
+    def _run(self) -> None:
+        late, clock, sleep = self.late, time.perf_counter, gevent.sleep
+        while True:
+            started = clock()
+            sleep(TICK)
+            late.append(max(0.0, clock() - started - TICK))
+
+    def __enter__(self) -> None:
+        self.greenlet = gevent.spawn(self._run)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.greenlet.kill()
+
+
+def summary(results: list[Result]) -> list[str]:
+    """The hub's stalls beside the store and forward against those without it."""
+    rows = {r.label: r for r in results if r.workload == "saf"}
+    alone, beside = rows.get("hub stalls alone"), rows.get(f"hub stalls beside SAF {BACKGROUND_RATE}/s")
+    if alone is None or beside is None:
+        return []
+    return [f"longest hub stall beside SAF at {BACKGROUND_RATE}/s: {beside.extra['longest_us'] / 1000:.1f} ms "
+            f"(p99 {beside.p99 * 1000:.2f} ms); without it: {alone.extra['longest_us'] / 1000:.1f} ms "
+            f"(p99 {alone.p99 * 1000:.2f} ms)"]  # fmt: skip
 
 
 def _p99(latencies: list[float]) -> float:
@@ -229,4 +274,4 @@ def run_saf(
     return results
 
 
-__all__ = ["run_saf"]
+__all__ = ["run_saf", "summary"]

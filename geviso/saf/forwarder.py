@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Seconds between warnings about new dead letters (the first is reported at once).
 DEAD_REPORT_EVERY = 60.0
+#: Seconds between the idle forwarder's readings of the store's counts (a count reads
+#: every row: at every idle moment of a busy forwarder it would cost more than forwarding).
+STATS_EVERY = 1.0
 Handler = Callable[..., Any]
 
 
@@ -381,6 +384,8 @@ class StoreAndForward:
         return self.stats
 
     def _refresh_now(self) -> None:
+        if time.time() - self.stats.refreshed < STATS_EVERY:
+            return
         try:
             self.refresh_stats()
         except StoreError:
@@ -394,7 +399,8 @@ class StoreAndForward:
         """Wait until no message is pending (dead letters aside); True if so in time."""
         deadline = time.monotonic() + seconds(timeout, "timeout")
         while time.monotonic() < deadline:
-            if self.refresh_stats().depth == 0 and not len(self._attempts):
+            if not len(self._attempts) and not self._submit(methodcaller("any_pending")):
+                self.refresh_stats()
                 return True
             self._wake.set()
             gevent.sleep(min(0.05, max(0.0, deadline - time.monotonic())))

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigurationError, StoreError, StoreRefused
 from .core import PENDING, Entry
-from .store import COLUMNS, SCHEMA_TABLE, SCHEMA_VERSION, TABLE, Store, Txn, entry_of, run_each
+from .store import COLUMNS, SCHEMA_TABLE, SCHEMA_VERSION, TABLE, OpFailed, Store, Txn, entry_of, run_each
 
 SCHEMA = [
     f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (version INTEGER NOT NULL)",
@@ -118,6 +118,8 @@ class PostgresStore(Store):
         try:
             with self.db.transaction(), self.db.cursor() as cur:
                 return run_each(_PgTxn(cur), ops, lambda exc: StoreError(f"PostgreSQL: {_text(exc)}"))
+        except OpFailed as failed:  # leaving the block rolled the transaction back
+            return [failed.error]
         except psycopg.Error as exc:
             raise StoreError(f"store {self.location}: {_text(exc)}") from None
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from ..errors import StoreError, StoreRefused
-from .store import SCHEMA_TABLE, SCHEMA_VERSION, TABLE, Store, Txn, run_each
+from .store import SCHEMA_TABLE, SCHEMA_VERSION, TABLE, OpFailed, Store, Txn, run_each
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,9 @@ class SqliteStore(Store):
             self.db.execute("BEGIN IMMEDIATE")
             results = run_each(self._txn, ops, _failed)
             self.db.execute("COMMIT")
+        except OpFailed as failed:
+            self._rollback()
+            return [failed.error]
         except sqlite3.Error as exc:
             self._rollback()
             raise StoreError(f"store {self.path}: {exc}") from None

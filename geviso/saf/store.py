@@ -154,6 +154,10 @@ class Txn(abc.ABC):
             return int(self.execute(sql, params).rowcount)
         return sum(int(self.execute(sql + " AND id = ?", (*params, i)).rowcount) for i in ids)
 
+    def any_pending(self) -> bool:
+        """True while a message is pending (one index probe, not a count)."""
+        return self.execute(f"SELECT 1 FROM {TABLE} WHERE state = ? LIMIT 1", (PENDING,)).fetchone() is not None
+
     def counts(self) -> dict[str, Any]:
         """``pending``, ``dead``, ``oldest`` (creation time of the oldest pending row, or
         None) and ``attempts`` (summed over pending rows)."""
@@ -169,9 +173,24 @@ class Txn(abc.ABC):
         return out
 
 
+class OpFailed(Exception):
+    """The lone op of a transaction raised ``error``: roll back, and it is the result."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def run_each(txn: Txn, ops: Sequence[Callable[[Txn], Any]], failed: Callable[[Exception], Exception]) -> list[Any]:
     """Run ``ops`` in ``txn``, each under a savepoint: an op that raises is undone alone
-    and its result is its exception (``failed`` turns a driver's into a geviso error)."""
+    and its result is its exception (``failed`` turns a driver's into a geviso error).
+    A lone op runs without one (two statements fewer): it raises :class:`OpFailed`, and
+    the backend rolls the transaction back and returns ``[error]``."""
+    if len(ops) == 1:
+        try:
+            return [ops[0](txn)]
+        except Exception as exc:
+            raise OpFailed(exc if isinstance(exc, GevisoError) else failed(exc)) from None
     results: list[Any] = []
     for op in ops:
         txn.execute("SAVEPOINT geviso_op")
@@ -256,4 +275,4 @@ def sqlite_path(location: str) -> Optional[str]:
     return location[len("sqlite://") :] if location.startswith("sqlite://") else location
 
 
-__all__ = ["SCHEMA_VERSION", "Store", "Txn", "open_store", "run_each", "sqlite_path"]
+__all__ = ["SCHEMA_VERSION", "OpFailed", "Store", "Txn", "open_store", "run_each", "sqlite_path"]
