@@ -43,6 +43,9 @@ def number(
     """``value`` as a float between ``low`` and ``high`` (``low`` itself excluded with
     ``low_open``); anything else (NaN, infinities, booleans, strings, out of range)
     raises :class:`ConfigurationError` naming ``name``."""
+    kind = type(value)
+    if (kind is float or kind is int) and (value > low if low_open else value >= low) and value <= high:
+        return float(value)  # the common case, per send: no message built (NaN fails both tests)
     expected = f"{name} must be {unit} {'>' if low_open else '>='} {_plain(low)} and <= {_plain(high)}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigurationError(f"{expected}; got {_shown(value)}")

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from ..codec import transmission_datetime
 from ..errors import ConfigurationError
+from ..masking import describe, mask_text
 from ..options import MAX_SECONDS, number, seconds
 
 #: Entry states: waiting to be (re)sent, or given up on (a dead letter, with a reason).
@@ -118,6 +119,10 @@ class Entry:
     def age(self, now: float) -> float:
         """Seconds since it was stored."""
         return max(0.0, now - self.created)
+
+    def __repr__(self) -> str:  # masked: an entry's repr reaches tracebacks and logs
+        return (f"Entry(id={self.id}, {describe(self.doc)}, state={self.state}, attempts={self.attempts}, "
+                f"reason={mask_text(self.reason)!r})")  # fmt: skip
 
 
 def dumps(doc: Mapping[str, str]) -> str:

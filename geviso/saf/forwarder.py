@@ -24,7 +24,7 @@ import gevent.pool
 import gevent.threadpool
 from iso8583.specs import default as default_spec
 
-from .. import masking
+from .. import greenlets, masking
 from ..codec import Codec, Spec, codec_for
 from ..errors import (
     ConfigurationError,
@@ -68,6 +68,23 @@ class _Ack:
 
     def __init__(self, entry_id: int) -> None:
         self.entry_id = entry_id
+
+
+class _Then:
+    """Where an acknowledgement's outcome goes instead of an AsyncResult: the committer
+    calls ``then(None)`` once it is committed, or ``then(error)``; the attempt that
+    queued it has ended meanwhile (no greenlet waits, no switch back to it)."""
+
+    __slots__ = ("then",)
+
+    def __init__(self, then: Callable[[Optional[BaseException]], None]) -> None:
+        self.then = then
+
+    def set(self, value: Any = None) -> None:
+        self.then(None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self.then(error)
 
 
 def _not_written(exc: BaseException) -> bool:
@@ -289,7 +306,7 @@ class StoreAndForward:
                 self._expired(entry)
             for entry in claimed:
                 self._in_flight += 1
-                self._attempts.add(gevent.spawn(self._attempt, entry, lease_until))
+                self._attempts.add(greenlets.spawn(self._attempt, entry, lease_until))  # its repr: no message
             if not claimed and not expired:
                 self._refresh_now()
                 self._wake.wait(self.poll_interval)
@@ -328,16 +345,32 @@ class StoreAndForward:
         decision = self.policy.decide(entry, response, now, error)
         entry.last_code = decision.code
         if decision.action == DELIVERED:
-            if self._record(entry, _Ack(entry.id)):
-                stats.delivered += 1
-                if self.on_delivered is not None:
-                    self._run_handler(self.on_delivered, entry, response)
+            self._acknowledge(entry, response)
         elif decision.action == EXPIRE:
             if self._record(entry, lambda txn: txn.dead(entry.id, decision.reason, decision.code)):
                 entry.state, entry.reason = "dead", decision.reason
                 self._expired(entry)
         else:
             self._record(entry, lambda txn: txn.retry(entry.id, self.owner, decision.next_at, decision.code))
+
+    def _acknowledge(self, entry: Entry, response: Optional[dict[str, str]]) -> None:
+        """Queue the acknowledgement of ``entry`` for the next commit, and count the
+        delivery and run ``on_delivered`` once it is committed. The attempt ends at once:
+        the message stays leased to this process until then, so nobody sends it again."""
+
+        def recorded(error: Optional[BaseException]) -> None:
+            if error is not None:
+                log.warning("store and forward: cannot record the outcome of entry %d: %s", entry.id, error)
+                return
+            self.stats.delivered += 1
+            if self.on_delivered is not None:
+                self._run_handler(self.on_delivered, entry, response)
+
+        if self._committer.dead:
+            recorded(StoreError("store and forward is closed"))
+            return
+        self._queue.append((_Ack(entry.id), _Then(recorded)))
+        self._queued.set()
 
     def _record(self, entry: Entry, op: Any) -> bool:
         """Record an outcome; on a store failure the lease runs out and the message is
