@@ -298,3 +298,19 @@ def test_puts_racing_close_either_are_stored_or_raise_never_hang(conn, tmp_path)
     assert 0 < len(stored) < 200
     with SqliteStore(str(tmp_path / "saf.db")) as store:
         assert sorted(e.id for e in store.call(lambda txn: txn.entries(limit=1000))) == sorted(stored)
+
+
+def test_entries_and_the_greenlets_geviso_spawns_with_a_message_never_show_its_pan(capfd):
+    entry = geviso.saf.Entry(id=7, doc=advice(0))
+    assert "4111111111111111" not in repr(entry) and "411111******1111" in repr(entry)
+
+    def fails(doc):
+        raise RuntimeError("a bug")
+
+    from geviso import greenlets
+
+    failing = greenlets.spawn(fails, advice(0))
+    assert repr(failing).endswith(".fails>") and "4111" not in repr(failing)
+    failing.join()
+    printed = capfd.readouterr().err
+    assert "fails> failed with RuntimeError" in printed and "4111" not in printed  # the failure, not the message
