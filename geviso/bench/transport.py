@@ -128,40 +128,46 @@ def run_transport(address: tuple[str, int], spec: Spec, concurrency: int, messag
     """The closed loop of :func:`run_closed_loop` over a bare gevent echo: no codec.
 
     Each request is the framed 0200 with a unique field 37, the key its echo is
-    matched by."""
+    matched by. As there, the requests are built, and the answers checked, outside the
+    timed part."""
     payload = Codec(spec).encode(REQUEST_0200)
     frame = len(payload).to_bytes(2, "big") + payload
     key_at = frame.index(REQUEST_0200["37"].encode())
     head, tail = frame[:key_at], frame[key_at + 12 :]
     answer_head = frame[:4] + bytes([frame[4] | 1])  # length, then "021": what the echo sends back
     latencies: list[float] = []
-    outcome = {"matched": 0}
+    answered: list[tuple[bytes, bytes]] = []
     counter = itertools.count(1)
     per_sender = max(1, messages // concurrency)
     client = _EchoClient(address, key_at)
 
-    def sender(count: int) -> None:
-        for _ in range(count):
-            key = b"%012d" % next(counter)
-            request = head + key + tail
-            started = time.perf_counter()
-            response = client.round_trip(request, key)
-            latencies.append(time.perf_counter() - started)
-            if response == answer_head + request[len(answer_head) :]:
-                outcome["matched"] += 1
+    def build(count: int) -> list[tuple[bytes, bytes]]:
+        keys = [b"%012d" % next(counter) for _ in range(count)]
+        return [(head + key + tail, key) for key in keys]
 
+    def sender(mine: list[tuple[bytes, bytes]]) -> None:
+        trip, clock, took, got = client.round_trip, time.perf_counter, latencies.append, answered.append
+        for request, key in mine:
+            started = clock()
+            response = trip(request, key)
+            took(clock() - started)
+            got((request, response))
+
+    warm_up = [build(2) for _ in range(100)]
+    requests = [build(per_sender) for _ in range(concurrency)]
     try:
-        gevent.joinall([gevent.spawn(sender, 2) for _ in range(100)], raise_error=True)  # warm up
+        gevent.joinall([gevent.spawn(sender, mine) for mine in warm_up], raise_error=True)
         latencies.clear()
-        outcome["matched"] = 0
+        answered.clear()
         gc.collect()
         started = time.perf_counter()
-        gevent.joinall([gevent.spawn(sender, per_sender) for _ in range(concurrency)], raise_error=True)
+        gevent.joinall([gevent.spawn(sender, mine) for mine in requests], raise_error=True)
         seconds = time.perf_counter() - started
     finally:
         client.close()
+    matched = sum(response == answer_head + request[len(answer_head) :] for request, response in answered)
     return Result("transport", f"C={concurrency} bare client", per_sender * concurrency, seconds, latencies,
-                  outcome["matched"], concurrency=concurrency)
+                  matched, concurrency=concurrency)
 
 
 def run_transport_geviso(address: tuple[str, int], spec: Spec, concurrency: int, messages: int,
