@@ -511,17 +511,21 @@ class Connection:
                 in_flight = self._pending
                 if req_key in in_flight:
                     raise DuplicateKey(f"a request with key {masking.mask_text(str(req_key))} is already in flight")
-                frame = self._frame(msg)
+                payload = self.codec.encode(msg)
+                pack = self._pack_header
+                if pack is not None and len(payload) <= self._max_payload:
+                    frame = pack(len(payload)) + payload  # _frame's usual case, inlined: a call less
+                else:
+                    frame = self._framed(payload)
                 mti = msg["t"]  # encoded, so a str
             except GevisoError:
                 raise
             except Exception as exc:  # not a mapping, an MTI the key function cannot read...
                 raise self._bad_message(doc, exc) from exc
-            pending = _Pending()
+            entry = _Pending()
             deadline = started + timeout
-            pending.key, pending.mti, pending.started = req_key, mti, started
-            pending.seq, pending.sender = 0, None
-            in_flight[req_key] = pending
+            entry.key, entry.mti, entry.started, entry.sender = req_key, mti, started, None
+            in_flight[req_key] = pending = entry  # from here on, the finally below removes it
             # Whether the reaper times it out is settled as it is filed, before _enqueue
             # may wait: the reaper relies on ``_pending``'s order being deadline order.
             reaped = deadline >= self._last_deadline
@@ -537,8 +541,9 @@ class Connection:
                 # empty outbox) and there is room.
                 outbox.append(frame)
                 self._outbox_bytes += len(frame)
-                self._queued = pending.seq = self._queued + 1
+                self._queued = pending.seq = self._queued + 1  # its first seq: nothing yielded since it was filed
             else:
+                pending.seq = 0  # not queued yet (_enqueue may wait)
                 self._enqueue(frame, pending, deadline)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("send %s on %s", masking.describe(msg), self)
@@ -550,12 +555,14 @@ class Connection:
                     pending.sender = getcurrent()
                     hub = self._hub
                     try:
-                        while not pending.ready():  # anything else switching in is ignored
-                            hub.switch()
-                    finally:
-                        # Killed, or a gevent.Timeout, while waiting; or woken by something
-                        # else after the outcome was set: a queued wake-up must not switch in.
-                        pending.sender = None
+                        # Only _wake_senders switches in with ``pending``, once it is
+                        # resolved (and it clears ``sender``); anything else switching in is
+                        # ignored. The identity test saves a ready() call per wake-up.
+                        while hub.switch() is not pending:
+                            pass
+                    except BaseException:
+                        pending.sender = None  # killed, or a gevent.Timeout: no wake-up may switch in
+                        raise
             else:
                 # A loop timer may fire a hair before time.monotonic() reaches the
                 # deadline: wait out the rest, never time out early.
@@ -575,8 +582,7 @@ class Connection:
         finally:
             if pending is not None:
                 in_flight = self._pending
-                if in_flight.get(req_key) is pending:
-                    del in_flight[req_key]
+                del in_flight[req_key]  # its own entry: only this removes it, and keys are unique
                 if not in_flight:
                     self._idle.set()
                     self._last_deadline = -INF  # nothing watched: any deadline is in order
@@ -703,6 +709,10 @@ class Connection:
         pack = self._pack_header
         if pack is not None and tpdu is None and len(payload) <= self._max_payload:
             return pack(len(payload)) + payload  # framing.encode for a plain binary length, inlined
+        return self._framed(payload, tpdu)
+
+    def _framed(self, payload: bytes, tpdu: Optional[bytes] = None) -> bytes:
+        """``payload`` framed by the link's framing (an :class:`EncodeError` if it cannot be)."""
         try:
             return self.framing.encode(payload, tpdu=tpdu)
         except errors.FramingError as exc:

@@ -313,6 +313,24 @@ def test_sender_killed_while_waiting_leaves_nothing_pending(echo_host, held, lin
     held.release()
 
 
+def test_a_waiting_sender_woken_by_something_else_keeps_waiting_for_its_own_answer(echo_host, held, links):
+    """Another switch into a waiting caller (from any greenlet or callback, with any
+    value) is not its answer: it waits on, gets its own response, and leaves nothing
+    pending; woken so while its answer is already on its way, it still gets it once."""
+    conn = links(echo_host.address)
+    job = gevent.spawn(conn.send, {"t": "0800", "11": "000001", "70": "301"})
+    assert wait_until(lambda: len(held.items) == 1)
+    hub = gevent.get_hub()
+    for value in ("stray", None):
+        hub.loop.run_callback(job.switch, value)
+        gevent.sleep(0.01)
+    assert not job.ready() and conn.in_flight == 1
+    held.release()
+    hub.loop.run_callback(job.switch, "stray, after the answer")  # may run before or after it
+    assert job.get(timeout=5)["11"] == "000001"
+    assert conn.in_flight == 0 and conn.stats.matched == 1
+
+
 def test_a_caller_greenlet_dying_with_an_error_does_not_keep_the_others_waiting(echo_host, held, links):
     """Answers that arrive together wake their callers in turn; a raw greenlet that ends
     with an error right after its answer (the error is raised in its parent, the hub)

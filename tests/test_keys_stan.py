@@ -24,6 +24,24 @@ def test_default_key_keeps_classes_apart():
     assert keys.default({"t": "0120", "11": "1"}) != auth
 
 
+def test_default_key_takes_a_stan_of_another_type_as_its_text():
+    assert keys.default({"t": "0100", "11": 7}) == keys.default({"t": "0110", "11": "7"})  # type: ignore[dict-item]
+
+
+def test_default_key_remembers_a_bounded_number_of_mtis():
+    """A peer sending endless distinct garbage MTIs cannot grow the prefix cache, and
+    each still gets its key."""
+    for n in range(1000):
+        mti = "9%03d" % n
+        assert keys.default({"t": mti, "11": "000001"}) == keys.default({"t": mti, "11": "000001"})
+    assert len(keys._PREFIXES) <= keys._PREFIXES_KEPT
+
+
+def test_missing_mti_is_a_key_error_naming_it():
+    with pytest.raises(KeyError, match="t"):
+        keys.default({"11": "000001"})
+
+
 def test_missing_stan_is_a_key_error_naming_field_11():
     with pytest.raises(KeyError, match="11"):
         keys.default({"t": "0100"})
