@@ -17,6 +17,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import functools
+import operator
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -304,8 +305,11 @@ def compile_spec(spec: Spec) -> Optional[Compiled]:
     return Compiled(generator.encode, generator.decode, generator.source, frozenset(uncovered))
 
 
-#: Specialised functions kept per spec, for encode (by key order) and decode (by bitmap).
+#: Specialised functions kept per spec, for encode (by key order) and decode (by MTI
+#: and bitmap bytes).
 MAX_SPECIALISED = 64
+#: MTI values whose bytes (with the bitmap) one specialised encoder keeps.
+MAX_HEADS = 16
 
 
 class _Generator:
@@ -313,8 +317,8 @@ class _Generator:
 
     The generic ``encode`` and ``decode`` loop over the fields a message has. Once one
     of them has handled a message, the field set it saw (the document's keys in their
-    order; the frame's bitmap) gets a straight-line function with offsets, lengths and
-    the bitmap written in, used for every later message of that shape. Shapes are
+    order; the frame's MTI and bitmap bytes) gets a straight-line function with offsets,
+    lengths, MTI and bitmap written in, used for every later message of that shape. Shapes are
     remembered only after a successful run, and at most :data:`MAX_SPECIALISED` of each.
     """
 
@@ -348,7 +352,7 @@ class _Generator:
             "",
         )
         src.names.update(
-            ENCODE_BY_KEYS={}, DECODE_BY_BITMAP={}, MAX_SPECIALISED=MAX_SPECIALISED,
+            ENCODE_BY_KEYS={}, DECODE_BY_HEAD={}, MAX_SPECIALISED=MAX_SPECIALISED, MAX_HEADS=MAX_HEADS,
             specialise_encoder=self._specialise_encoder, specialise_decoder=self._specialise_decoder,
         )
         self._src = src
@@ -414,15 +418,18 @@ class _Generator:
         ]
         self._src.add(*lines)
 
+    def _head_sizes(self) -> tuple[int, int]:
+        """Bytes of MTI plus primary bitmap, and of MTI plus both bitmaps."""
+        mti = 2 if self.mti_enc is None else 4
+        primary = 8 if self.primary.binary else 16
+        secondary = 0 if self.secondary is None else (8 if self.secondary.binary else 16)
+        return mti + primary, mti + primary + secondary
+
     def _main_decoder(self) -> None:
-        lines = [
-            "def decode(s):",
-            "    if s.__class__ is not bytes:",
-            "        if s.__class__ is not bytearray: raise Miss",
-            "        s = bytes(s)",
-            "    out = {}",
-        ]
-        lines.append("    i = dec_h(s, 0, out)" if self.header is not None else "    i = 0")
+        header = self.header is not None
+        lines = ["def decode_any(s):", "    out = {}"]
+        lines.append("    i = dec_h(s, 0, out)" if header else "    i = 0")
+        lines.append("    start = i")
         if self.mti_enc is None:
             lines += ["    j = i + 2", "    out['t'] = s[i:j].hex().upper()"]
         else:
@@ -437,18 +444,38 @@ class _Generator:
             lines += _bitmap_reader(self.secondary, "1", "        ")
             lines += ["        if len(bm) != 8 or bm[0] & 128: raise Miss", "        i = j", "        bm = first + bm"]
         lines += [
-            "    special = DECODE_BY_BITMAP.get(bm)",
-            "    if special is not None:",
-            "        return special(s, i, out)",
+            "    head = s[start:i]",
             "    fields = " + " + ".join(f"BITS_{k}[bm[{k}]]" for k in range(8)),
             "    if len(bm) == 16:",
             "        fields = fields[1:] + " + " + ".join(f"BITS_{k}[bm[{k}]]" for k in range(8, 16)),
             "    for f in fields:",
             "        i = DECODERS[f](s, i, out)",
             "    if i != len(s): raise Miss",
-            "    if len(DECODE_BY_BITMAP) < MAX_SPECIALISED:",
-            "        DECODE_BY_BITMAP[bm] = specialise_decoder(fields)",
+            "    if len(DECODE_BY_HEAD) < MAX_SPECIALISED:",
+            "        DECODE_BY_HEAD[head] = specialise_decoder(fields, out)",
             "    return out",
+            "",
+        ]
+        # The MTI and bitmap bytes (after the header) pick the function specialised for
+        # them; a frame with a secondary bitmap is looked up with both bitmaps.
+        short, long = self._head_sizes()
+        at = "i" if header else "0"
+        lookup = f"DECODE_BY_HEAD.get(s[{at}:{at} + {short}])"
+        if self.secondary is not None:
+            lookup += f" or DECODE_BY_HEAD.get(s[{at}:{at} + {long}])"
+        lines += [
+            "def decode(s):",
+            "    if s.__class__ is not bytes:",
+            "        if s.__class__ is not bytearray: raise Miss",
+            "        s = bytes(s)",
+        ]
+        if header:
+            lines += ["    out = {}", "    i = dec_h(s, 0, out)"]
+        lines += [
+            f"    special = {lookup}",
+            "    if special is not None:",
+            "        return special(s, i, out['h'])" if header else "        return special(s)",
+            "    return decode_any(s)",
             "",
         ]
         self._src.add(*lines)
@@ -486,8 +513,11 @@ class _Generator:
         bitmap_bytes = _write_bitmap(self.primary, first)
         if second and self.secondary is not None:  # (without one, encode_any has missed already)
             bitmap_bytes += _write_bitmap(self.secondary, second)
-        lines = ["def special(doc):", *self._mti_lines()]
-        parts = ["mti", repr(bitmap_bytes)]
+        # MTI and bitmap bytes, kept per MTI value (a shape is usually sent with one or two)
+        lines = ["def special(doc):", "    head = HEADS.get(doc['t'])", "    if head is None:"]
+        lines += ["    " + line for line in self._mti_lines()]
+        lines += ["        head = mti + BITMAP", "        if len(HEADS) < MAX_HEADS: HEADS[doc['t']] = head"]
+        parts = ["head"]
         if self.header is not None:
             lines.append("    h = enc_h(doc['h'])")
             parts.insert(0, "h")
@@ -516,50 +546,93 @@ class _Generator:
         if checks:
             lines.append(f"    if {' or '.join(checks)}: raise Miss")
         lines.append(f"    return b''.join(({', '.join(parts)},))")
-        made: dict[str, Encoder] = {}
-        self._run("\n".join(lines), "encoder", made)
-        return made["special"]
+        factory = ["def make(HEADS, BITMAP):", *("    " + line for line in lines), "    return special"]
+        made: dict[str, Callable[[dict[str, bytes], bytes], Encoder]] = {}
+        self._run("\n".join(factory), "encoder", made)
+        return made["make"]({}, bitmap_bytes)
 
-    def _specialise_decoder(self, numbers: tuple[int, ...]) -> Callable[[bytes, int, dict[str, str]], dict[str, str]]:
-        """Straight-line decode of the fields after a given bitmap, starting at ``i``."""
-        lines = ["def special(s, i, out):"]
-        offset = 0  # bytes known to lie between i and the current field
+    def _specialise_decoder(
+        self, numbers: tuple[int, ...], decoded: Mapping[str, str]
+    ) -> Callable[..., dict[str, str]]:
+        """Straight-line decode of frames whose MTI and bitmaps are those of ``decoded``.
+
+        Offsets are constants up to the first variable-length field; the MTI and bitmap
+        values are constants; the dict is built in one go, in pyiso8583's key order.
+        """
+        header = self.header is not None
+        lines = ["def special(s, i, h):" if header else "def special(s):"]
+        cuts: list[Any] = []
+        short, long = self._head_sizes()
+        at = _Position("i" if header else "", long if "1" in decoded else short)
+        named = [key for key in decoded if key in ("h", "t", "p", "1")]  # in pyiso8583's order
+        items = [f"{key!r}: {'h' if key == 'h' else repr(decoded[key])}" for key in named]
         for group in self._runs(list(numbers)):
             if len(group) > 1:
-                at = f"i + {offset}" if offset else "i"
-                end = offset + sum(self.fields[n].max_len for n in group)
-                lines.append(f"    text = s[{at}:i + {end}].decode({self.fields[group[0]].enc!r})")
-                start = 0
+                enc = self.fields[group[0]].enc
+                end = at.plus(sum(self.fields[n].max_len for n in group))
+                start, offsets = 0, []
                 for n in group:
-                    stop = start + self.fields[n].max_len
-                    lines.append(f"    out[{str(n)!r}] = text[{start}:{stop}]")
-                    start = stop
-                offset = end
+                    offsets.append(slice(start, start + self.fields[n].max_len))
+                    start += self.fields[n].max_len
+                cuts.append(operator.itemgetter(*offsets))
+                lines.append(f"    r{group[0]} = CUT_{len(cuts) - 1}(s[{at}:{end}].decode({enc!r}))")
+                items += [f"{str(n)!r}: r{group[0]}[{index}]" for index, n in enumerate(group)]
+                at = end
                 continue
             n = group[0]
-            field = self.fields[n]
-            key = str(n)
-            at = f"i + {offset}" if offset else "i"
-            if field.nibbles or (field.binary and field.len_type):
-                lines.append(f"    i = dec_{n}(s, {at}, out)")
-                offset = 0
-            elif field.len_type == 0:
-                end = offset + field.max_len
-                convert = ".hex().upper()" if field.binary else f".decode({field.enc!r})"
-                lines.append(f"    out[{key!r}] = s[{at}:i + {end}]{convert}")
-                offset = end
-            else:
-                _, table = self._src.length_tables(field)
-                lines += [
-                    f"    j = i + {offset + field.len_type}",
-                    f"    i = j + {table}[s[j - {field.len_type}:j]]",
-                    f"    out[{key!r}] = s[j:i].decode({field.enc!r})",
-                ]
-                offset = 0
-        lines += [f"    if i + {offset} != len(s): raise Miss", "    return out"]
-        made: dict[str, Callable[[bytes, int, dict[str, str]], dict[str, str]]] = {}
-        self._run("\n".join(lines), "decoder", made)
-        return made["special"]
+            value, at = self._inline_field(lines, n, at)
+            items.append(f"{str(n)!r}: {value}")
+        lines += [f"    if {at} != len(s): raise Miss", f"    return {{{', '.join(items)}}}"]
+        factory = [f"def make({', '.join(f'CUT_{k}' for k in range(len(cuts)))}):"]
+        factory += ["    " + line for line in lines] + ["    return special"]
+        made: dict[str, Callable[..., Callable[..., dict[str, str]]]] = {}
+        self._run("\n".join(factory), "decoder", made)
+        return made["make"](*cuts)
+
+    def _inline_field(self, lines: list[str], n: int, at: _Position) -> tuple[str, _Position]:
+        """Decode field ``n`` starting at ``at``: the expression of its value (statements
+        it needs go to ``lines``) and the position after it."""
+        field = self.fields[n]
+        convert = ".hex().upper()" if field.binary else f".decode({field.enc!r})"
+        if field.len_type == 0:
+            end = at.plus((field.max_len + 1) // 2 if field.nibbles else field.max_len)
+            value = f"s[{at}:{end}]{convert}"
+            if field.binary and field.nibbles and field.max_len & 1:
+                lines.append(f"    v = {value}")
+                lines += _pad_lines(field, "    ")
+                lines.append(f"    v{n} = v")
+                value = f"v{n}"
+            return value, end
+        _, table = self._src.length_tables(field)
+        start = at.plus(field.len_type)
+        if field.nibbles:
+            lines += [f"    n{n} = {table}[s[{at}:{start}]]", f"    e{n} = {start} + (n{n} + 1) // 2"]
+        else:
+            lines.append(f"    e{n} = {start} + {table}[s[{at}:{start}]]")
+        end = _Position(f"e{n}", 0)
+        value = f"s[{start}:{end}]{convert}"
+        if field.binary and field.nibbles:
+            lines += [f"    v = {value}", f"    if n{n} & 1:", *_pad_lines(field, "        "), f"    v{n} = v"]
+            value = f"v{n}"
+        return value, end
+
+
+class _Position:
+    """A place in the frame while generating code: a variable plus a constant offset."""
+
+    __slots__ = ("base", "offset")
+
+    def __init__(self, base: str, offset: int) -> None:
+        self.base = base
+        self.offset = offset
+
+    def plus(self, size: int) -> _Position:
+        return _Position(self.base, self.offset + size)
+
+    def __str__(self) -> str:
+        if not self.base:
+            return str(self.offset)
+        return f"{self.base} + {self.offset}" if self.offset else self.base
 
 
 def _bitmap_writer(field: _Field, value: str) -> str:

@@ -21,7 +21,7 @@ from iso8583.specs import default, default_ascii
 
 from geviso import errors
 from geviso.codec import Codec, CompiledCodec, codec_for
-from geviso.compiled import MAX_SPECIALISED, TABLE_SIZE, compile_spec
+from geviso.compiled import MAX_HEADS, MAX_SPECIALISED, TABLE_SIZE, compile_spec
 
 PAN = "4111111111111111"
 TEXT_ENCODINGS = ["ascii", "latin-1", "cp500", "utf-8"]
@@ -171,6 +171,57 @@ def test_damaged_frames_fail_or_decode_like_pyiso8583(case, data):
     assert outcome(fast.decode, bad) == outcome(reference.decode, bad)
 
 
+@st.composite
+def same_shape(draw: st.DrawFn, spec: dict[str, dict[str, Any]], doc: dict[str, str]) -> dict[str, str]:
+    """Another document with ``doc``'s keys in the same order: new values, often another MTI."""
+    other = {key: draw(values(spec[key])) for key in doc if key not in ("t", "h")}
+    mti = draw(st.one_of(st.just(doc["t"]), st.sampled_from(["0100", "0110", "0420", "0430", "9999"])))
+    return {key: mti if key == "t" else (draw(values(spec["h"])) if key == "h" else other[key]) for key in doc}
+
+
+@settings(PROPERTY, max_examples=100)
+@given(spec_and_doc(), st.data())
+def test_later_messages_of_a_shape_take_its_specialised_functions_and_agree(case, data):
+    """The specialised functions hold a shape's MTI, bitmap and offsets: messages of that
+    shape with other values (other lengths, another MTI, header) still give pyiso8583's
+    bytes and dicts, with no fallback."""
+    spec, first = case
+    fast, reference = CompiledCodec(spec), Codec(spec)
+    try:
+        raw = reference.encode(first)
+    except errors.EncodeError:
+        assume(False)
+    for _ in range(2):  # generic, then the specialised functions have been made
+        assert fast.encode(first) == raw
+        assert fast.decode(raw) == reference.decode(raw)
+    refused = 0  # an error comes from pyiso8583: each one is a fallback
+    for doc in data.draw(st.lists(same_shape(spec, first), min_size=1, max_size=4)):
+        expected = outcome(reference.encode, doc)
+        assert outcome(fast.encode, doc) == expected
+        if expected[0] == "error":
+            refused += 1
+            continue
+        decoded = outcome(reference.decode, expected[1])
+        assert outcome(fast.decode, expected[1]) == decoded
+        if decoded[0] == "error":
+            refused += 1
+        else:
+            assert list(fast.decode(expected[1])) == list(decoded[1])
+    assert fast.fallbacks == refused
+
+
+def test_one_shape_with_many_mtis_stays_exact_beyond_the_kept_heads():
+    codec, reference = CompiledCodec(default), Codec(default)
+    mtis = [f"{n:04d}" for n in range(100, 100 + 3 * MAX_HEADS)]
+    for _ in range(2):
+        for mti in mtis:
+            doc = dict(REQUEST, t=mti)
+            raw = codec.encode(doc)
+            assert raw == reference.encode(doc)
+            assert codec.decode(raw) == reference.decode(raw)
+    assert codec.fallbacks == 0
+
+
 ODD_KEYS = ["0", "011", "129", "193", "x", "65", "1", "p", "h", "t", 11, "²"]
 ODD_VALUES = st.one_of(st.text(max_size=30), st.binary(max_size=8), st.integers(), st.none())
 
@@ -285,5 +336,5 @@ def test_specialised_functions_are_bounded_and_agree_with_the_generic_ones():
             assert raw == reference.encode(doc)
             assert codec.decode(raw) == reference.decode(raw)
     namespace = codec.compiled.encode.__globals__
-    assert len(namespace["ENCODE_BY_KEYS"]) == len(namespace["DECODE_BY_BITMAP"]) == MAX_SPECIALISED
+    assert len(namespace["ENCODE_BY_KEYS"]) == len(namespace["DECODE_BY_HEAD"]) == MAX_SPECIALISED
     assert codec.fallbacks == 0
