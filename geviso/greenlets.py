@@ -27,4 +27,10 @@ def spawn(func: Callable[..., Any], *args: Any, **kwargs: Any) -> QuietGreenlet:
     return greenlet
 
 
-__all__ = ["QuietGreenlet", "spawn"]
+def spawn_later(seconds: float, func: Callable[..., Any], *args: Any, **kwargs: Any) -> QuietGreenlet:
+    """:func:`gevent.spawn_later` of a :class:`QuietGreenlet`."""
+    greenlet: QuietGreenlet = QuietGreenlet.spawn_later(seconds, func, *args, **kwargs)
+    return greenlet
+
+
+__all__ = ["QuietGreenlet", "spawn", "spawn_later"]

@@ -314,3 +314,14 @@ def test_entries_and_the_greenlets_geviso_spawns_with_a_message_never_show_its_p
     failing.join()
     printed = capfd.readouterr().err
     assert "fails> failed with RuntimeError" in printed and "4111" not in printed  # the failure, not the message
+
+
+def test_the_mock_hosts_delayed_answers_never_show_the_message_in_their_repr(host, conn):
+    host.rules = [{"delay_ms": 2000}]
+    sending = gevent.spawn(conn.send, advice(0), timeout=0.5)
+    deadline = time.monotonic() + 10
+    while not host._delayed and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    shown = [repr(greenlet) for greenlet in host._delayed]
+    assert shown and not any("4111" in text for text in shown), shown
+    sending.kill()

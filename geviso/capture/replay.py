@@ -25,6 +25,7 @@ from ..codec import Spec
 from ..connection import Address, Connection, close_quietly, parse_address
 from ..errors import ConfigurationError, GevisoError
 from ..framing import Framing
+from ..greenlets import QuietGreenlet
 from ..options import seconds
 from ..rrn import RrnGenerator
 from ..stan import MAX_STAN, StanGenerator
@@ -223,7 +224,7 @@ class Replayer:
             return
         first = exchanges[0].time
         begun = time.monotonic()
-        pool = gevent.pool.Pool(self.concurrency)
+        pool = gevent.pool.Pool(self.concurrency, greenlet_class=QuietGreenlet)  # reprs: no message
         turn = itertools.cycle(links)
         for exchange in exchanges:
             due = begun + max(0.0, exchange.time - first) / speed

@@ -30,7 +30,7 @@ import gevent
 import gevent.pool
 from iso8583.specs import default as default_spec
 
-from .. import masking
+from .. import greenlets, masking
 from ..codec import Spec, field_problem, is_response, response_mti, transmission_datetime
 from ..connection import Address, Connection, close_quietly
 from ..errors import ConfigurationError, ConnectionClosed, GevisoError
@@ -317,9 +317,10 @@ class MockHost(MockControl, Server):
                 entry.ended(CLOSED)
             self._delayed.add(gevent.spawn_later(delay, close_quietly, conn, 1.0))
         elif action == LATE:
-            self._late.add(gevent.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, True, entry))
+            self._late.add(greenlets.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, True, entry))
         elif delay > 0:
-            self._delayed.add(gevent.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, False, entry))
+            answer = greenlets.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, False, entry)
+            self._delayed.add(answer)
         else:
             self._respond(conn, doc, rule.code, rule.fields, entry=entry)
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Optional, Union
 import gevent
 import gevent.pool
 
+from .. import greenlets
 from ..capture import format as capture_mod
 from ..codec import Message, Spec, transmission_datetime
 from ..connection import Connection
@@ -153,7 +154,7 @@ class PlaybackFront(Front):
             return True
         answer = fresh_answer(exchange.answer, doc, host.echo_fields)
         if self.latency and exchange.latency_ms:
-            self._delayed.add(gevent.spawn_later(exchange.latency_ms / 1000.0, reply, host, conn, answer))
+            self._delayed.add(greenlets.spawn_later(exchange.latency_ms / 1000.0, reply, host, conn, answer))
         else:
             reply(host, conn, answer)
         return True

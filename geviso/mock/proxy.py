@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import gevent
 import gevent.pool
 
-from .. import specs
+from .. import greenlets, specs
 from ..capture import format as capture_mod
 from ..connection import Address, Connection, parse_address
 from ..errors import ConfigurationError, ConnectionClosed, DuplicateKey, GevisoError
@@ -151,7 +151,7 @@ class RecordingProxy(Front):
 
     def answer(self, conn: Connection, doc: dict[str, str]) -> bool:
         """Forward ``doc`` in a greenlet of its own; always taken."""
-        self._jobs.add(gevent.spawn(self._forward, conn, doc))
+        self._jobs.add(greenlets.spawn(self._forward, conn, doc))  # its repr: no message
         return True
 
     def _forward(self, conn: Connection, doc: dict[str, str]) -> None:
