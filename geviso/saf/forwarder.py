@@ -15,7 +15,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from operator import methodcaller
 from typing import Any, Callable, Optional, TypeVar, Union
 
 import gevent
@@ -39,7 +38,7 @@ from ..metrics import SafStats
 from ..options import optional_seconds, seconds
 from ..stan import StanGenerator
 from .core import DELIVERED, EXPIRE, LATE_RESPONSE, Entry, Policy, build_reversal, check_doc, dumps
-from .store import Store, Txn, open_store
+from .store import Own, Store, Txn, open_store
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +220,10 @@ class StoreAndForward:
             ops: list[Callable[[Txn], Any]] = []
             if inserts:
                 groups.append(inserts)
-                ops.append(methodcaller("insert_many", [op.row for op, _ in inserts]))
+                ops.append(Own("insert_many", [op.row for op, _ in inserts]))
             if acks:
                 groups.append(acks)
-                ops.append(methodcaller("ack_many", [op.entry_id for op, _ in acks]))
+                ops.append(Own("ack_many", [op.entry_id for op, _ in acks]))
             for op, done in batch:
                 if not isinstance(op, (_Insert, _Ack)):
                     groups.append([(op, done)])
@@ -295,7 +294,7 @@ class StoreAndForward:
             self._wake.clear()
             now = time.time()
             lease_until = now + self.lease
-            claim = methodcaller("claim", self.owner, now, lease_until, free, self.policy.expired)
+            claim = Own("claim", self.owner, now, lease_until, free, self.policy.expired)
             try:
                 claimed, expired = self._submit(claim)
             except StoreError as exc:
@@ -432,7 +431,7 @@ class StoreAndForward:
         """Wait until no message is pending (dead letters aside); True if so in time."""
         deadline = time.monotonic() + seconds(timeout, "timeout")
         while time.monotonic() < deadline:
-            if not len(self._attempts) and not self._submit(methodcaller("any_pending")):
+            if not len(self._attempts) and not self._submit(Own("any_pending")):
                 self.refresh_stats()
                 return True
             self._wake.set()

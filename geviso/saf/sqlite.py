@@ -177,6 +177,9 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             self._rollback()
             raise StoreError(f"store {self.path}: {exc}") from None
+        except BaseException:  # an op of its own failed otherwise: nothing of the batch stays
+            self._rollback()
+            raise
         return results
 
     def close(self) -> None:
