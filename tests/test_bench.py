@@ -73,6 +73,15 @@ def test_closed_loop_runs_against_a_mock_host_process(capsys):
     assert [r["concurrency"] for r in report["results"]] == [1, 10]
 
 
+def test_links_carries_the_same_senders_over_one_link_and_over_many_and_compares_the_cost(capsys):
+    report = run_json(capsys, "--workload", "links", "--links", "1,20", "--senders", "40", "--messages", "400")
+    check_all_matched(report["results"], "links", 2)
+    assert [(r["links"], r["concurrency"]) for r in report["results"]] == [(1, 40), (20, 40)]
+    assert all(r["in_flight_after"] == 0 for r in report["results"])
+    (line,) = [line for line in report["summary"] if line.startswith("links:")]
+    assert line.startswith("links: 20 links / 1 link at C=40: ") and "the 2 x target" in line
+
+
 def test_codec_times_both_messages_compiled_and_pyiso8583(capsys):
     report = run_json(capsys, "--workload", "codec", "--messages", "200")
     labels = {r["label"] for r in report["results"]}

@@ -26,13 +26,14 @@ from .burst import _burst_rounds, run_burst, run_spawn
 from .closed_loop import run_closed_loop
 from .codec import codec_cost, run_codec
 from .common import REQUEST_0200, Endpoint, Result, _local_mock_host, _process, best, mock_host_process
+from .links import DEFAULT_LINKS, DEFAULT_SENDERS, TARGET_RATIO, run_links
 from .memory import run_memory
 from .moov import HOSTS, compare, local_host, run_moov, sizes_up_to
 from .replay import run_replay
 from .transport import ECHO_READY, run_transport, run_transport_geviso, serve_echo
 
-WORKLOADS = ("burst", "closed-loop", "codec", "transport", "replay", "memory", "saf", "moov")
-DEFAULT_WORKLOADS = ("burst", "closed-loop", "codec", "transport")
+WORKLOADS = ("burst", "closed-loop", "codec", "transport", "links", "replay", "memory", "saf", "moov")
+DEFAULT_WORKLOADS = ("burst", "closed-loop", "codec", "transport", "links")
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure geviso's throughput and latency against a mock host, and check that every "
         "response matched its own request. Workloads: burst (N concurrent sends on one link, host in this "
         "process), closed-loop (C senders against a mock host process), codec (encode and decode alone), "
-        "transport (a bare gevent client against the same echo, for comparison), memory (1,000,000 messages "
+        "transport (a bare gevent client against the same echo, for comparison), links (the same senders over 1 link "
+        "and over up to 1,000 links, against a mock host process), memory (1,000,000 messages "
         "against 10,000; long). Exit status 1 if any response did not match.",
     )
     parser.add_argument("--workload", default=",".join(DEFAULT_WORKLOADS),
@@ -54,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "100 to 100,000 up to it; "
                              "memory: the long run (default 1,000,000)")
     parser.add_argument("--concurrency", default="1,10,100", help="closed-loop/transport senders (default 1,10,100)")
+    parser.add_argument("--links", default=",".join(str(n) for n in DEFAULT_LINKS),
+                        help="links workload: link counts, one row each (default 1,10,100,1000)")
+    parser.add_argument("--senders", type=int, default=DEFAULT_SENDERS,
+                        help=f"links workload: closed-loop senders shared by the links (default {DEFAULT_SENDERS:,})")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the best is shown")
     parser.add_argument("--spec", default="default", help="spec name or package.module:SPEC (default: default)")
     parser.add_argument("--framing", default="binary2", choices=sorted(FRAMINGS), help="(default binary2)")
@@ -105,13 +111,13 @@ def _workloads(text: str) -> list[str]:
     return names
 
 
-def _levels(text: str) -> list[int]:
+def _levels(text: str, option: str = "--concurrency") -> list[int]:
     try:
         levels = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         levels = []
     if not levels or min(levels) < 1:
-        raise ConfigurationError("--concurrency is a comma-separated list of positive numbers")
+        raise ConfigurationError(f"{option} is a comma-separated list of positive numbers")
     return levels
 
 
@@ -152,6 +158,11 @@ def run(args: argparse.Namespace, spec: Spec, report: Callable[[Result], None]) 
             with _maybe(external, lambda: mock_host_process(args.spec, args.framing)) as (address, pid):
                 for level in levels:
                     keep(_repeat(args.repeat, run_closed_loop, address, spec, args.framing, level, count, pid))
+        elif workload == "links":
+            count = args.messages or 20_000
+            with _maybe(external, lambda: mock_host_process(args.spec, args.framing)) as (address, pid):
+                for links in _levels(args.links, "--links"):
+                    keep(_repeat(args.repeat, run_links, address, spec, args.framing, links, args.senders, count, pid))
         elif workload == "replay":
             count = args.messages or 20_000
             with _maybe(external, lambda: mock_host_process(args.spec, args.framing)) as (address, pid):
@@ -224,6 +235,7 @@ def summary(results: Sequence[Result], codec_cost_ns: Optional[float] = None) ->
             verdict = "meets" if share >= 0.8 else "misses"
             lines.append(f"replay --speed max {result.label}: {result.rate:,.0f} round trips/s = {share:.0%} of "
                          f"closed-loop's {loop.rate:,.0f} ({verdict} the 80% target)")
+    lines.extend(_links_summary(results))
     codec = {r.label: r.ns_per_msg for r in results if r.workload == "codec"}
     parts = ("encode 0200/15 compiled", "decode 0200/15 compiled")
     if codec_cost_ns is None and all(p in codec for p in parts):
@@ -248,6 +260,25 @@ def summary(results: Sequence[Result], codec_cost_ns: Optional[float] = None) ->
 
         lines += saf_summary(list(results))
     return lines
+
+
+def _links_summary(results: Sequence[Result]) -> list[str]:
+    """The cost per message over the most links against over one, with the same senders:
+    wall clock, and the CPU time of each side where known."""
+    rows = sorted((r for r in results if r.workload == "links"), key=lambda r: int(r.extra["links"]))
+    if len(rows) < 2 or int(rows[0].extra["links"]) != 1 or not rows[0].ns_per_msg:
+        return []
+    one, most = rows[0], rows[-1]
+    ratio = most.ns_per_msg / one.ns_per_msg
+    verdict = "meets" if ratio <= TARGET_RATIO else "misses"
+    line = (f"links: {int(most.extra['links']):,} links / 1 link at C={int(one.extra['concurrency']):,}: "
+            f"{most.ns_per_msg:,.0f} / {one.ns_per_msg:,.0f} ns/msg = {ratio:.2f} x ({verdict} the "
+            f"{TARGET_RATIO:g} x target)")
+    for side in ("client", "host"):
+        many_ns, one_ns = most.extra.get(f"{side}_ns_per_msg"), one.extra.get(f"{side}_ns_per_msg")
+        if many_ns and one_ns:
+            line += f"; {side} CPU {many_ns:,} / {one_ns:,} ns = {many_ns / one_ns:.2f} x"
+    return [line]
 
 
 def _outside_gc_ns(result: Result) -> float:
@@ -288,10 +319,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.serve_echo:
         return serve_echo()
     try:  # every option checked before anything is printed or started
-        if args.repeat < 1 or args.rounds < 1 or (args.messages is not None and args.messages < 1):
-            raise ConfigurationError("--repeat, --rounds and --messages must be positive")
+        if args.repeat < 1 or args.rounds < 1 or args.senders < 1 or (args.messages is not None and args.messages < 1):
+            raise ConfigurationError("--repeat, --rounds, --senders and --messages must be positive")
         _workloads(args.workload)
         _levels(args.concurrency)
+        _levels(args.links, "--links")
         _moov_hosts(args.moov_host)
         spec = specs.by_name(args.spec)
         if args.host:
