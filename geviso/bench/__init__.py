@@ -22,6 +22,13 @@ Workloads (``--workload``, comma-separated; default all but ``memory``):
     reader splitting frames, one ``AsyncResult`` per request, no codec), same frames;
     then a geviso client against the same echo process. The difference, less the
     client's codec, is the connection layer's own cost.
+``links``
+    The same closed-loop senders (``--senders``, default 1,000, each sending its next
+    0200 on each answer) spread over each of ``--links`` links (default 1, 10, 100 and
+    1,000) to one mock host process: the cost per message of many links, each carrying
+    few messages per wake-up, against one link carrying them all. The summary gives
+    the ratio of the most links to one link, in wall-clock time and in each side's CPU
+    time per message.
 ``saf``
     Store and forward (:mod:`geviso.saf.bench`): durable puts per second on SQLite at
     each ``--concurrency``, forwards per second, put-to-acknowledgement latency, and
