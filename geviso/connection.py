@@ -2,10 +2,11 @@
 
 ``send()`` registers the request under its key (STAN by default) with one
 ``gevent.event.AsyncResult``, hands the frame to the single writer greenlet (which sends
-every frame queued since its last write in one ``sendall``) and waits. The reader greenlet
-splits every complete frame out of each ``recv``, and resolves the pending request whose
-key the response carries. Each pending request is resolved exactly once: by its
-response, a timeout, a rejection, or the link closing (at once, not at the timeout).
+every frame queued since its last write in one call), or writes it itself when the writer
+is idle with nothing queued, and waits. The reader greenlet splits every complete frame
+out of each ``recv``, and resolves the pending request whose key the response carries.
+Each pending request is resolved exactly once: by its response, a timeout, a rejection,
+or the link closing (at once, not at the timeout).
 """
 
 from __future__ import annotations
@@ -183,6 +184,15 @@ def close_quietly(conn: Connection, timeout: Optional[float] = None) -> None:
         log.warning("closing %s: %s", conn, masking.mask_text(str(exc)))
 
 
+def _send_all(sock: Any, data: bytes) -> None:
+    """Write all of ``data``: one ``send``, and ``sendall`` only for what it left.
+    gevent's ``sendall`` makes a ``getsockopt`` system call and its timeout bookkeeping
+    on every call; a ``send`` of a few frames nearly always takes them all."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 def _wake_senders(resolved: Sequence[_Pending]) -> None:
     """The loop callback that wakes the senders of resolved requests, each that still
     waits, in turn: each runs until it blocks again, which switches back here. One
@@ -286,6 +296,8 @@ class Connection:
         self._reap_at = INF
         self._last_deadline = -INF
         self._slots = gevent.lock.BoundedSemaphore(max_in_flight) if max_in_flight else None
+        self._direct = False
+        self._direct_turn = -1
         self._outbox: list[bytes] = []  # frames for the writer
         self._outbox_bytes = 0
         self._queued = 0  # frames ever queued...
@@ -406,6 +418,11 @@ class Connection:
             pass
         sock.settimeout(None)
         self._sock = sock
+        #: Whether a sender may write a frame itself (see _write_now): on a plain gevent
+        #: socket, whose send can be told not to wait (a TLS one's cannot).
+        self._direct = type(sock) is socket.socket
+        self._direct_turn = -1  # the loop iteration of the last such write (a loop that
+        # counts none, libuv's, says -1 always: no direct writes there)
         self._hub = get_hub()
         self._run_callback = self._hub.loop.run_callback
         self._state = OPEN
@@ -771,6 +788,12 @@ class Connection:
             raise ConnectionClosed("link closed") from self._failure
         outbox = self._outbox
         if not outbox:
+            if self._direct and self._flushed.is_set():
+                turn = self._hub.loop.iteration
+                if turn != self._direct_turn:
+                    self._direct_turn = turn
+                    self._write_now(frame, pending)
+                    return
             # The writer waits only with an empty outbox and takes the whole of it, so
             # only the first frame of a batch needs to wake it (and to un-flush).
             self._flushed.clear()
@@ -780,6 +803,34 @@ class Connection:
         self._queued += 1
         if pending is not None:
             pending.seq = self._queued
+
+    def _write_now(self, frame: bytes, pending: Optional[_Pending]) -> None:
+        """Write a frame from the sender itself, the writer being idle with nothing queued
+        (so no other frame is being written): saves waking the writer greenlet and a
+        switch to it and back, for the first frame of a link in a loop iteration (the
+        frames sent after it in the same iteration still go out together, from the
+        writer). Never waits: what the socket does not take now goes to the writer,
+        first in its queue."""
+        self._queued = seq = self._queued + 1
+        if pending is not None:
+            pending.seq = seq
+        self._taken = seq  # from here on, it may reach the peer
+        try:
+            sent = self._sock.send(frame, 0, 0.0)  # timeout 0: raises rather than waits
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._fail(exc)  # a pending send sees ConnectionClosed(sent=True)
+            return
+        if sent < len(frame):
+            rest = frame[sent:] if sent else frame
+            self._outbox.append(rest)
+            self._outbox_bytes += len(rest)
+            self._flushed.clear()
+            self._wake_writer.set()  # it counts the frame as sent once it wrote the rest
+            return
+        self._last_write = time.monotonic()
+        self.stats.sent += 1
 
     # -- the loops --------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -798,9 +849,8 @@ class Connection:
                 self._outbox_bytes = 0
                 self._taken = self._queued  # from here on, these requests may reach the peer
                 self._drained.set()
-                # Every frame queued since the last write, in one call; the joined bytes are
-                # not kept (no name) while the writer waits for the next batch.
-                sock.sendall(b"".join(batch))  # one frame: that frame itself, no copy
+                # Every frame queued since the last write, in one call.
+                _send_all(sock, b"".join(batch))  # one frame: that frame itself, no copy
                 self._last_write = time.monotonic()
                 self.stats.sent += len(batch)
         except OSError as exc:  # ssl.SSLError included
@@ -814,12 +864,23 @@ class Connection:
         sock = self._sock
         decoder = self._decoder
         handle = self._handle_frames
+        # A recv that came back short found the kernel's buffer empty: the next one would
+        # fail with EAGAIN (a system call and an exception, 1.7-3 us) before waiting, so
+        # wait for the socket to be readable first. Only for a plain gevent socket: a TLS
+        # one returns a record per recv and cannot say whether the kernel holds more.
+        wait_readable = getattr(sock, "_wait", None) if type(sock) is socket.socket else None
+        short = False
         try:
             while True:
+                if short and wait_readable is not None:
+                    if self._state == CLOSED:
+                        return
+                    wait_readable(sock._read_event)
                 data = sock.recv(RECV_SIZE)
                 if not data:
                     self._peer_closed()
                     return
+                short = len(data) < RECV_SIZE
                 payloads = decoder.feed(data)
                 if payloads or decoder.keepalives != self.stats.keepalives:
                     # A whole message or keep-alive is a sign of life, a byte is not (moov's
