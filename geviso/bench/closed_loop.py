@@ -32,31 +32,16 @@ def run_closed_loop(address: tuple[str, int], spec: Spec, framing_name: str, con
     with Connection(address, spec, framing=framing_by_name(framing_name), send_timeout=SEND_TIMEOUT) as conn:
         _warm_up(conn, REQUEST_0200, 200)
 
-        def sender(mine: list[dict[str, str]]) -> None:
-            send, clock, took, got = conn.send, time.perf_counter, latencies.append, answered.append
-            for request in mine:
-                started = clock()
-                try:
-                    response = send(request)
-                except Exception:
-                    outcome["failed"] += 1
-                    continue
-                took(clock() - started)
-                got((request, response))
-
         gc.collect()
         cpu0, host0 = _cpu_seconds(), _cpu_seconds(host_pid) if host_pid else None
         started = time.perf_counter()
-        gevent.joinall([gevent.spawn(sender, mine) for mine in requests])
+        gevent.joinall([gevent.spawn(send_each, conn, mine, latencies, answered, outcome) for mine in requests])
         seconds = time.perf_counter() - started
         cpu1, host1 = _cpu_seconds(), _cpu_seconds(host_pid) if host_pid else None
         left = conn.in_flight
     outcome["matched"] = sum(_matches(request, response, answer_mti) for request, response in answered)
     extra: dict[str, Any] = {"concurrency": concurrency, "in_flight_after": left}
-    if cpu0 is not None and cpu1 is not None:
-        extra["client_cpu"] = round((cpu1 - cpu0) / seconds, 2)
-    if host0 is not None and host1 is not None:
-        extra["host_cpu"] = round((host1 - host0) / seconds, 2)
+    extra.update(cpu_shares(seconds, (cpu0, cpu1), (host0, host1)))
     return Result("closed-loop", f"C={concurrency}", total, seconds, latencies, outcome["matched"],
                   outcome["failed"], **extra)
 
@@ -64,3 +49,32 @@ def run_closed_loop(address: tuple[str, int], spec: Spec, framing_name: str, con
 def _request(seq: int) -> dict[str, str]:
     """The ``seq``-th 0200 of a run: its own STAN (wrapping) and field 37."""
     return {**REQUEST_0200, "11": "%06d" % (seq % 999_999 + 1), "37": "%012d" % seq}
+
+
+def send_each(conn: Connection, mine: list[dict[str, str]], latencies: list[float],
+              answered: list[tuple[dict[str, str], Message]], outcome: dict[str, int]) -> None:
+    """One closed-loop sender: each request of ``mine`` in turn on ``conn``, noting its
+    latency and ``(request, answer)``, or counting it in ``outcome["failed"]``."""
+    send, clock, took, got = conn.send, time.perf_counter, latencies.append, answered.append
+    for request in mine:
+        started = clock()
+        try:
+            response = send(request)
+        except Exception:
+            outcome["failed"] += 1
+            continue
+        took(clock() - started)
+        got((request, response))
+
+
+def cpu_shares(seconds: float, client: tuple[Optional[float], Optional[float]],
+               host: tuple[Optional[float], Optional[float]], messages: int = 0) -> dict[str, Any]:
+    """``client_cpu`` and ``host_cpu`` (cores busy) from CPU seconds before and after a run
+    of ``seconds``, where known; with ``messages``, also each side's CPU ns per message."""
+    extra: dict[str, Any] = {}
+    for side, (before, after) in (("client", client), ("host", host)):
+        if before is not None and after is not None:
+            extra[f"{side}_cpu"] = round((after - before) / seconds, 2)
+            if messages:
+                extra[f"{side}_ns_per_msg"] = round((after - before) / messages * 1e9)
+    return extra

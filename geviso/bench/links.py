@@ -15,9 +15,10 @@ from typing import Any, Optional
 
 import gevent
 
-from ..codec import Spec, response_mti
+from ..codec import Message, Spec, response_mti
 from ..connection import Connection
 from ..framing import by_name as framing_by_name
+from .closed_loop import _request, cpu_shares, send_each
 from .common import REQUEST_0200, SEND_TIMEOUT, Result, _cpu_seconds, _matches
 
 #: Links at each row, and senders shared by them (closed loop), by default.
@@ -40,50 +41,35 @@ def open_links(address: tuple[str, int], spec: Spec, framing_name: str, count: i
 
 def run_links(address: tuple[str, int], spec: Spec, framing_name: str, links: int, senders: int, messages: int,
               host_pid: Optional[int] = None) -> Result:
-    """``senders`` closed-loop senders of 0200s spread evenly over ``links`` links."""
+    """``senders`` closed-loop senders of 0200s spread evenly over ``links`` links; the
+    requests are built, and the answers checked, outside the timed part."""
     latencies: list[float] = []
     outcome = {"matched": 0, "failed": 0}
-    answer_mti = response_mti(REQUEST_0200["t"])
+    answered: list[tuple[dict[str, str], Message]] = []
     counter = itertools.count(1)
     per_sender = max(1, messages // senders)
     total = per_sender * senders
+    warm_up = [[_request(next(counter))] for _ in range(senders)]
+    requests = [[_request(next(counter)) for _ in range(per_sender)] for _ in range(senders)]
     conns = open_links(address, spec, framing_name, links)
     try:
-        def sender(conn: Connection, rounds: int) -> None:
-            send, clock, took = conn.send, time.perf_counter, latencies.append
-            for _ in range(rounds):
-                seq = next(counter)
-                stan, rrn = "%06d" % (seq % 999_999 + 1), "%012d" % seq
-                request = {**REQUEST_0200, "11": stan, "37": rrn}
-                started = clock()
-                try:
-                    response = send(request)
-                except Exception:
-                    outcome["failed"] += 1
-                    continue
-                took(clock() - started)
-                if _matches(request, response, answer_mti):
-                    outcome["matched"] += 1
-
         # Warm up: one round trip per sender (every link carries some), not counted.
-        gevent.joinall([gevent.spawn(sender, conns[i % links], 1) for i in range(senders)])
-        latencies.clear()
-        outcome.update(matched=0, failed=0)
+        gevent.joinall([gevent.spawn(send_each, conns[i % links], mine, [], [], outcome)
+                        for i, mine in enumerate(warm_up)])
+        outcome["failed"] = 0
         gc.collect()
         cpu0, host0 = _cpu_seconds(), _cpu_seconds(host_pid) if host_pid else None
         started = time.perf_counter()
-        gevent.joinall([gevent.spawn(sender, conns[i % links], per_sender) for i in range(senders)])
+        gevent.joinall([gevent.spawn(send_each, conns[i % links], mine, latencies, answered, outcome)
+                        for i, mine in enumerate(requests)])
         seconds = time.perf_counter() - started
         cpu1, host1 = _cpu_seconds(), _cpu_seconds(host_pid) if host_pid else None
         left = sum(conn.in_flight for conn in conns)
     finally:
         gevent.joinall([gevent.spawn(conn.close, 5.0) for conn in conns])
+    answer_mti = response_mti(REQUEST_0200["t"])
+    outcome["matched"] = sum(_matches(request, response, answer_mti) for request, response in answered)
     extra: dict[str, Any] = {"links": links, "concurrency": senders, "in_flight_after": left}
-    if cpu0 is not None and cpu1 is not None:
-        extra["client_cpu"] = round((cpu1 - cpu0) / seconds, 2)
-        extra["client_ns_per_msg"] = round((cpu1 - cpu0) / total * 1e9)
-    if host0 is not None and host1 is not None:
-        extra["host_cpu"] = round((host1 - host0) / seconds, 2)
-        extra["host_ns_per_msg"] = round((host1 - host0) / total * 1e9)
+    extra.update(cpu_shares(seconds, (cpu0, cpu1), (host0, host1), total))
     return Result("links", f"{links:,} links, C={senders:,}", total, seconds, latencies, outcome["matched"],
                   outcome["failed"], **extra)
