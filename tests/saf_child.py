@@ -14,7 +14,8 @@ that a killed forwarder's messages are taken over quickly) sets the forwarder's 
 The store is wrapped (:class:`PhaseStore`): each acknowledgement also writes, in the
 same transaction, the STANs it removes and the time to a table ``acked`` of the store
 file, so the test knows exactly when each answer was recorded. ``--die-in=PHASE:N``
-makes the process SIGKILL itself the N-th time it is in PHASE: ``put`` (a put's row is
+makes the process SIGKILL itself once it was N times in PHASE (a batch of rows counts
+one per row): ``put`` (a put's row is
 written and its transaction not yet committed), ``send`` (the attempt is counted in the
 store and the forwarder is in the link's send), ``ack`` (the acknowledgement's rows are
 deleted and its transaction not yet committed). Before dying it appends ``PHASE pid``
@@ -66,11 +67,13 @@ class Killer:
         self.left = int(count or 0)
         self.log = log
 
-    def reached(self, phase: str) -> None:
+    def reached(self, phase: str, count: int = 1) -> None:
+        """In ``phase`` for ``count`` messages (a batch's rows count one each: however
+        the commits group them, a run acknowledges its N messages)."""
         if phase != self.phase or self.left <= 0:
             return
-        self.left -= 1
-        if not self.left:
+        self.left -= count
+        if self.left <= 0:
             append(self.log, f"{phase} {os.getpid()}")
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -89,7 +92,7 @@ class PhaseTxn(Txn):
 
     def insert_many(self, rows: Sequence[tuple[str, str, str, float]]) -> list[int]:
         ids = self.inner.insert_many(rows)
-        self.killer.reached("put")
+        self.killer.reached("put", len(rows))
         return ids
 
     def candidates(self, now: float, limit: int) -> list[geviso.saf.Entry]:
@@ -103,7 +106,7 @@ class PhaseTxn(Txn):
         at = time.monotonic()
         for stan in stans:
             self.inner.execute(f"INSERT INTO {ACKED} (stan, at, pid) VALUES (?, ?, ?)", (stan, at, os.getpid()))
-        self.killer.reached("ack")
+        self.killer.reached("ack", len(stans))
         return removed
 
 

@@ -325,3 +325,16 @@ def test_the_mock_hosts_delayed_answers_never_show_the_message_in_their_repr(hos
     shown = [repr(greenlet) for greenlet in host._delayed]
     assert shown and not any("4111" in text for text in shown), shown
     sending.kill()
+
+
+def test_close_returns_after_on_delivered_ran_for_every_answer_it_waited_for(host, conn, tmp_path):
+    host.rules = [{"delay_ms": 100}]
+    delivered = []
+    saf = saf_of(conn, tmp_path, window=8, on_delivered=lambda entry, response: delivered.append(entry.doc["11"]))
+    for i in range(8):
+        saf.put(advice(i))
+    deadline = time.monotonic() + 10
+    while len(host.heard) < 8 and time.monotonic() < deadline:  # all sent, no answer yet
+        gevent.sleep(0.01)
+    saf.close()  # waits for the answers, records them, runs on_delivered
+    assert sorted(delivered) == [f"{i + 1:06d}" for i in range(8)]

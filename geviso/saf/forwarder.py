@@ -456,12 +456,12 @@ class StoreAndForward:
             self._forwarder.kill(block=False)
         self._attempts.join(timeout=timeout)
         self._attempts.kill(block=False)
-        self._handlers.join(timeout=timeout)
         owner = self.owner
-        try:
+        try:  # committed after the acknowledgements the attempts queued
             self._submit(lambda txn: txn.release(owner))
         except StoreError as exc:
             log.warning("store and forward: cannot release leases: %s", exc)
+        self._handlers.join(timeout=timeout)  # on_delivered of those acknowledgements too
         self._queued.set()  # the committer runs what is queued, then ends
         self._committer.join(timeout=timeout)
         self._committer.kill()
