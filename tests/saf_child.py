@@ -1,15 +1,16 @@
 """A forwarding process for the store and forward crash and sharing tests.
 
 ``python saf_child.py STORE PORT LOGDIR TOTAL [--no-put] [--exit-when-done] [--lease=S]
-[--die-in=PHASE:N] [--accepted=CODE] [--max-attempts=N] [--put-limit=N]``: connects to
-the mock host on PORT, forwards STORE and (unless ``--no-put``) stores messages
+[--timeout=S] [--die-in=PHASE:N] [--accepted=CODE] [--max-attempts=N] [--put-limit=N]``:
+connects to the mock host on PORT, forwards STORE and (unless ``--no-put``) stores messages
 0..TOTAL-1 of :func:`safhost.advice` (at most ``--put-limit`` of them), resuming after
 the last one a previous run began. It logs to
 LOGDIR/puts.log ``begin i`` before and ``done i`` after each put, and to
 LOGDIR/delivered.log ``STAN monotonic-time pid`` once a delivery is recorded; writes
 go straight to the kernel, so a SIGKILL loses none. With ``--exit-when-done`` it exits
 0 once everything is stored and the store is empty. ``--lease`` (default 1 s, short so
-that a killed forwarder's messages are taken over quickly) sets the forwarder's lease.
+that a killed forwarder's messages are taken over quickly) sets the forwarder's lease,
+``--timeout`` (default 0.3 s) its wait for each answer.
 
 The store is wrapped (:class:`PhaseStore`): each acknowledgement also writes, in the
 same transaction, the STANs it removes and the time to a table ``acked`` of the store
@@ -154,8 +155,9 @@ def main(argv: list[str]) -> int:
 
     conn = geviso.Connection(("127.0.0.1", port), spec, connect_timeout=5).connect()
     saf = geviso.StoreAndForward(
-        PhaseTarget(conn, killer), PhaseStore(open_store(store), killer), timeout=0.3, retry_wait=0.05,
-        max_wait=0.2, lease=float(option(argv, "lease", "1")), window=8, poll_interval=0.05, on_delivered=delivered,
+        PhaseTarget(conn, killer), PhaseStore(open_store(store), killer),
+        timeout=float(option(argv, "timeout", "0.3")), retry_wait=0.05, max_wait=0.2,
+        lease=float(option(argv, "lease", "1")), window=8, poll_interval=0.05, on_delivered=delivered,
         accepted_codes=[accepted] if accepted else None, max_attempts=int(max_attempts) if max_attempts else None,
     )  # fmt: skip
     rng = random.Random()

@@ -35,9 +35,11 @@ from geviso.saf.store import open_store
 
 HERE = Path(__file__).resolve().parent
 
-#: For the sharing tests: a lease no stall of a loaded machine outlasts, so a message is
-#: taken over only from a process that died, and each is received exactly once.
-SHARING_LEASE = "--lease=60"
+#: For the sharing tests: a lease and a wait for each answer that no stall of a loaded
+#: machine outlasts, so a message is neither taken over from a live process nor sent
+#: again by its own (the crash tests' short wait retransmits a slow answer by design),
+#: and each is received exactly once.
+SHARING = ("--lease=60", "--timeout=20")
 #: Where the kills are steered, in turn ("random": after a random time instead).
 PHASES = ("put", "send", "answer", "ack", "random")
 #: The host refuses (code 05) messages i % REFUSED_EVERY == 3; the forwarder accepts only

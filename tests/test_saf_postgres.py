@@ -11,7 +11,7 @@ import pytest
 from iso8583.specs import default as spec
 from pgserver import PostgresServer, postgres  # noqa: F401 - the fixture
 from safhost import JournalHost, advice, prefill
-from test_saf_crash import SHARING_LEASE, check_invariants, child, lines, wait_exit
+from test_saf_crash import SHARING, check_invariants, child, lines, wait_exit
 
 import geviso
 from geviso.errors import StoreRefused
@@ -72,7 +72,7 @@ def test_an_unreachable_server_is_a_clear_store_error_without_the_password(postg
 def test_processes_sharing_one_database_forward_each_message_once(url, host, tmp_path: Path):
     host.rules = [{"delay_ms": [0, 20]}]
     prefill(url, 200)
-    flags = ("--no-put", "--exit-when-done", SHARING_LEASE)
+    flags = ("--no-put", "--exit-when-done", *SHARING)
     procs = [child(url, host.address[1], tmp_path, 200, *flags) for _ in range(3)]
     for proc in procs:
         assert wait_exit(proc, 120) == 0, proc.stderr.read().decode(errors="replace")[-2000:]

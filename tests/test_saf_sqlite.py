@@ -14,7 +14,7 @@ from pathlib import Path
 import gevent
 import pytest
 from safhost import JournalHost, advice, prefill
-from test_saf_crash import HERE, SHARING_LEASE, child, lines, wait_exit
+from test_saf_crash import HERE, SHARING, child, lines, wait_exit
 
 import geviso
 from geviso.errors import StoreRefused
@@ -140,7 +140,7 @@ def test_processes_sharing_one_file_forward_each_message_once(tmp_path):
     store = tmp_path / "saf.db"
     prefill(str(store), 300)
     try:
-        flags = ("--no-put", "--exit-when-done", SHARING_LEASE)
+        flags = ("--no-put", "--exit-when-done", *SHARING)
         procs = [child(store, host.address[1], tmp_path, 300, *flags) for _ in range(3)]
         for proc in procs:
             assert wait_exit(proc, 120) == 0, proc.stderr.read().decode(errors="replace")[-2000:]
