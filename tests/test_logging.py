@@ -56,6 +56,33 @@ def test_debug_logs_show_messages_masked(echo_host, caplog):
     assert PIN not in text.upper()
 
 
+def test_each_send_is_logged_at_debug_as_soon_as_the_level_allows_it(echo_host, caplog):
+    """Levels changed while a link runs take effect at the next send, both ways."""
+
+    def sends_logged() -> int:
+        return sum(r.name == "geviso.connection" and r.getMessage().startswith("send ") for r in caplog.records)
+
+    caplog.set_level(logging.INFO, logger="geviso")
+    with geviso.Connection(echo_host.address, spec, send_timeout=5) as conn:
+        conn.send({"t": "0800", "11": "000001", "70": "301"})
+        assert sends_logged() == 0
+        caplog.set_level(logging.DEBUG, logger="geviso")
+        conn.send({"t": "0800", "11": "000002", "70": "301"})
+        assert sends_logged() == 1
+        caplog.set_level(logging.INFO, logger="geviso")
+        conn.send({"t": "0800", "11": "000003", "70": "301"})
+        assert sends_logged() == 1
+        logging.getLogger("geviso.connection").disabled = True
+        caplog.set_level(logging.DEBUG, logger="geviso")
+        try:
+            conn.send({"t": "0800", "11": "000004", "70": "301"})
+        finally:
+            logging.getLogger("geviso.connection").disabled = False
+        assert sends_logged() == 1
+        conn.send({"t": "0800", "11": "000005", "70": "301"})
+        assert sends_logged() == 2
+
+
 def test_link_events_are_logged_at_info(echo_host, caplog):
     caplog.set_level(logging.INFO, logger="geviso")
     conn = geviso.Connection(echo_host.address, spec, send_timeout=5).connect()
