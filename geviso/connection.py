@@ -591,10 +591,7 @@ class Connection:
                     if time.monotonic() >= deadline:
                         self._expire(pending, timeout)
                         break
-            error = pending.exception
-            if error is not None:
-                raise error
-            response: Message = pending.value  # counted (with its latency) by the reader
+            response: Message = pending.get()  # resolved: its value, or its error raised; one call
             return response
         except GevisoError as exc:
             if pending is not None:

@@ -153,11 +153,10 @@ class LinkStats:
         response it handed to its send."""
         unbinned = self._unbinned
         for request in answered:
-            mti = request.mti
-            waiting = unbinned.get(mti)
-            if waiting is None:
-                waiting = unbinned[mti] = []
-            waiting.append(now - request.started)
+            try:  # a subscript, and a KeyError once per MTI: fewer steps than get() and a test
+                unbinned[request.mti].append(now - request.started)
+            except KeyError:
+                unbinned[request.mti] = [now - request.started]
         for waiting in unbinned.values():
             if len(waiting) >= BIN_EVERY:
                 self._bin()
