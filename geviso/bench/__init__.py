@@ -24,8 +24,8 @@ Workloads (``--workload``, comma-separated; default all but ``memory``):
     client's codec, is the connection layer's own cost.
 ``links``
     The same closed-loop senders (``--senders``, default 1,000, each sending its next
-    0200 on each answer) spread over each of ``--links`` links (default 1, 10, 100 and
-    1,000) to one mock host process: the cost per message of many links, each carrying
+    0200 on each answer) spread over each of ``--links`` links (default 1 and 1,000;
+    e.g. ``1,10,100,1000``) to one mock host process: the cost per message of many links, each carrying
     few messages per wake-up, against one link carrying them all. The summary gives
     the ratio of the most links to one link, in wall-clock time and in each side's CPU
     time per message.

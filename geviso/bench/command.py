@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "memory: the long run (default 1,000,000)")
     parser.add_argument("--concurrency", default="1,10,100", help="closed-loop/transport senders (default 1,10,100)")
     parser.add_argument("--links", default=",".join(str(n) for n in DEFAULT_LINKS),
-                        help="links workload: link counts, one row each (default 1,10,100,1000)")
+                        help="links workload: link counts, one row each (default 1,1000; e.g. 1,10,100,1000)")
     parser.add_argument("--senders", type=int, default=DEFAULT_SENDERS,
                         help=f"links workload: closed-loop senders shared by the links (default {DEFAULT_SENDERS:,})")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the best is shown")
