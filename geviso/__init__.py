@@ -28,6 +28,7 @@ from .errors import (
     SendTimeout,
     StoreError,
     StoreRefused,
+    WrongThread,
 )
 from .mock.host import MockHost
 from .pool import Pool
@@ -64,6 +65,7 @@ __all__ = [
     "StoreAndForward",
     "StoreError",
     "StoreRefused",
+    "WrongThread",
     "codec",
     "errors",
     "framing",

@@ -18,6 +18,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
+from threading import get_ident
 from typing import Any, Callable, Optional, Union
 
 import gevent
@@ -26,10 +27,9 @@ import gevent.lock
 from gevent import getcurrent, socket
 from gevent.hub import Waiter, get_hub
 
-from . import errors, keys, masking
+from . import errors, keys, masking, options, threads
 from .codec import Codec, Message, Received, Spec, codec_for, explain
 from .errors import (
-    ConfigurationError,
     ConnectFailed,
     ConnectionClosed,
     DuplicateKey,
@@ -79,6 +79,11 @@ READ_PARTS = 3
 #: How many timed-out request keys are remembered to recognise late responses.
 LATE_KEYS_KEPT = 4096
 INF = float("inf")
+#: The handler options (each a callable or None).
+HANDLERS = (
+    "on_connect", "on_close", "on_established", "on_closed", "on_failed", "on_inbound", "on_ping",
+    "on_read_timeout", "on_error",
+)
 _NO_KEY = object()  # no request key computed yet
 
 
@@ -254,19 +259,23 @@ class Connection:
         listeners: Sequence[RequestListener] = (),
     ) -> None:
         self.address = parse_address(address)
-        self.spec = spec
+        self.spec = options.instance(spec, Mapping, "spec", "a pyiso8583 spec (a dict of fields)")
         self.framing = resolve_framing(framing)
+        codec = options.optional_instance(codec, Codec, "codec", "a geviso.codec.Codec or None")
         self.codec = codec if codec is not None else codec_for(spec)
         self.send_timeout = seconds(send_timeout, "send_timeout", positive=True)
         self.connect_timeout = seconds(connect_timeout, "connect_timeout", positive=True)
         self.idle_time = seconds(idle_time, "idle_time", positive=True)
         self.read_timeout = seconds(read_timeout, "read_timeout", positive=True)
-        self.key = key
-        self.tls = tls
+        self.key: keys.KeyFunction = options.handler(key, "key", optional=False)
+        self.tls = options.optional_instance(tls, ssl.SSLContext, "tls", "an ssl.SSLContext (see geviso.tls) or None")
         self.server_hostname = server_hostname
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = options.optional_whole(max_in_flight, "max_in_flight")  # 0 or None: no limit
+        stan = options.optional_instance(stan, StanGenerator, "stan", "a geviso.StanGenerator or None")
         self.stan = stan if stan is not None else StanGenerator()
-        self.max_write_buffer = max_write_buffer
+        self.max_write_buffer = options.whole(max_write_buffer, "max_write_buffer", low=1)
+        for name in HANDLERS:
+            options.handler(locals()[name], name)
         self.on_connect = on_connect
         self.on_close = on_close
         self.on_established = on_established
@@ -280,7 +289,7 @@ class Connection:
         self.on_read_timeout = on_read_timeout
         self.on_error = on_error
         #: Tracing listeners (:class:`geviso.tracing.RequestListener`) around every send().
-        self.listeners = tuple(listeners)
+        self.listeners = tuple(options.items(listeners, "listeners", lambda _: True, "tracing listeners"))
         #: Application-level status ("online" after sign-on, ...), used by pool filters.
         self.status = ""
         #: True once ``on_connect`` has finished: the link may carry traffic.
@@ -317,8 +326,7 @@ class Connection:
         self._close_deadline = INF  # when a close() in progress must return
         self._close_error: Optional[BaseException] = None
         self._failure: Optional[BaseException] = None
-        if max_inbound < 1:
-            raise ConfigurationError("max_inbound must be at least 1")
+        max_inbound = options.whole(max_inbound, "max_inbound", low=1)
         # on_inbound's workers (see _dispatch_inbound): greenlets reused from request to
         # request, up to max_inbound of them at once.
         self._max_inbound = max_inbound
@@ -341,6 +349,7 @@ class Connection:
         #: ``_start`` (a link is used from the thread that opened it, as any gevent object).
         self._hub = get_hub()
         self._run_callback: Callable[..., Any] = self._hub.loop.run_callback
+        self._owner = threads.owner()  # the thread whose hub runs this link (set again by _start)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -368,6 +377,7 @@ class Connection:
         """
         if self._state != NEW:
             raise errors.GevisoError(f"connect() on a {self._state} connection; build a new one")
+        threads.check(self._owner, self)
         host, port = self.address
         self._state = CONNECTING
         raw: Any = None
@@ -429,6 +439,7 @@ class Connection:
         # counts none, libuv's, says -1 always: no direct writes there)
         self._hub = get_hub()
         self._run_callback = self._hub.loop.run_callback
+        self._owner = threads.owner()
         self._state = OPEN
         self._last_read = self._last_write = time.monotonic()
         self._greenlets = [gevent.spawn(self._read_loop), gevent.spawn(self._write_loop)]
@@ -494,8 +505,11 @@ class Connection:
         The caller's dict is not changed. Field 11 is filled from the STAN generator when
         missing. Raises :class:`SendTimeout`, :class:`ConnectionClosed` (``.sent`` tells
         whether the request may have reached the host), :class:`Rejected`,
-        :class:`DuplicateKey`, :class:`EncodeError` or :class:`NotConnected`.
+        :class:`DuplicateKey`, :class:`EncodeError`, :class:`NotConnected` or
+        :class:`WrongThread` (a link belongs to the thread that opened it).
         """
+        if get_ident() != self._owner:
+            threads.check(self._owner, self)
         if self.listeners:
             return traced_send(self, self._send, self.listeners, doc, timeout)
         return self._send(doc, timeout)
@@ -746,6 +760,7 @@ class Connection:
         closing, so answers to requests already received still go out.
         """
         self._check_writable()
+        threads.check(self._owner, self)
         tpdu = getattr(to if to is not None else doc, "tpdu", None)
         if tpdu is None and to is None:
             tpdu = self._decoder.last_tpdu
@@ -758,6 +773,9 @@ class Connection:
     def write(self, raw: bytes) -> None:
         """Write raw bytes (already framed) through the single writer, between frames."""
         self._check_writable()
+        threads.check(self._owner, self)
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise errors.LocalProtocolError(f"write() takes bytes (a framed message), not {type(raw).__name__}")
         self._enqueue(bytes(raw), None, time.monotonic() + self.send_timeout)
 
     def reject(self, doc: Mapping[str, str], reason: Any = None) -> bool:
@@ -1160,6 +1178,7 @@ class Connection:
         state = self._state
         if state == NEW:
             raise NotConnected("close() before connect(): there is no link to close")
+        threads.check(self._owner, self)
         if state == CONNECTING:  # connect() sees this when its dial returns, and gives up
             self._state = CLOSED
             self._closed_event.set()

@@ -147,6 +147,11 @@ class StoreRefused(StoreError, ConfigurationError):
     it is left untouched."""
 
 
+class WrongThread(GevisoError, RuntimeError):
+    """A link, pool, server or store was used from a thread other than the one it
+    belongs to: gevent objects work within the thread whose hub runs them."""
+
+
 __all__ = [
     "AdminError",
     "CaptureError",
@@ -175,4 +180,5 @@ __all__ = [
     "StoreError",
     "StoreRefused",
     "TooManyConnections",
+    "WrongThread",
 ]

@@ -1,4 +1,5 @@
-"""Checks of numeric options: timeouts, intervals and delays, in one place.
+"""Checks of options: timeouts, intervals and delays, counts, handlers and types, in
+one place.
 
 A NaN or infinite time handed to a gevent timer jams libev's timer heap (no sleep or
 timeout in the process fires again), a boolean is a typo, and a huge one overflows or
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional
+from collections.abc import Iterable
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from .errors import ConfigurationError
 
@@ -72,4 +74,61 @@ def optional_seconds(value: Any, name: str, *, positive: bool = False) -> Option
     return None if value is None else number(value, name, low_open=positive)
 
 
-__all__ = ["MAX_SECONDS", "number", "optional_seconds", "seconds"]
+T = TypeVar("T")
+
+
+def whole(value: Any, name: str, *, low: int = 0) -> int:
+    """A count option: a whole number (not a bool) of at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ConfigurationError(f"{name} must be a whole number >= {low}; got {_shown(value)}")
+    return int(value)
+
+
+def optional_whole(value: Any, name: str, *, low: int = 0) -> Optional[int]:
+    """:func:`whole`, with None passed through."""
+    return None if value is None else whole(value, name, low=low)
+
+
+def handler(value: Any, name: str, *, optional: bool = True) -> Any:
+    """A callback option: a callable (or None, when ``optional``)."""
+    if not callable(value) and not (optional and value is None):
+        raise ConfigurationError(f"{name} must be a callable{' or None' if optional else ''}; got {_shown(value)}")
+    return value
+
+
+def instance(value: Any, kind: Union[type[T], tuple[type, ...]], name: str, what: str) -> T:
+    """``value`` if it is a ``kind`` (the error says it must be ``what``), else a
+    :class:`ConfigurationError` naming the option: never an ``AttributeError`` later."""
+    if not isinstance(value, kind):
+        raise ConfigurationError(f"{name} must be {what}; got {_shown(value)}")
+    return value  # type: ignore[return-value]
+
+
+def optional_instance(value: Any, kind: Union[type[T], tuple[type, ...]], name: str, what: str) -> Optional[T]:
+    """:func:`instance`, with None passed through."""
+    return None if value is None else instance(value, kind, name, what)
+
+
+def items(value: Any, name: str, check: Callable[[Any], bool], what: str) -> list[Any]:
+    """An iterable option (not a lone string) as a list, each item passing ``check``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigurationError(f"{name} must be a list of {what}; got {_shown(value)}")
+    found = list(value)
+    for item in found:
+        if not check(item):
+            raise ConfigurationError(f"{name} must be a list of {what}; one is {_shown(item)}")
+    return found
+
+
+__all__ = [
+    "MAX_SECONDS",
+    "handler",
+    "instance",
+    "items",
+    "number",
+    "optional_instance",
+    "optional_seconds",
+    "optional_whole",
+    "seconds",
+    "whole",
+]

@@ -22,7 +22,7 @@ import gevent
 import gevent.event
 import gevent.pool
 
-from . import masking
+from . import masking, options, threads
 from .connection import Address, Connection, close_quietly, parse_address
 from .errors import (
     ConfigurationError,
@@ -171,17 +171,25 @@ class Pool:
         strategy: Union[str, Strategy] = ROUND_ROBIN,
         on_error: Optional[Callable[[BaseException], Any]] = None,
     ) -> None:
+        options.handler(factory, "factory", optional=False)
         if isinstance(addresses, str):
             addresses = [addresses]  # a single "host:port"
+        if addresses is None:
+            raise ConfigurationError("a pool needs at least one address")
+        addresses = options.items(addresses, "addresses", lambda _: True, "addresses")
         if not addresses:
             raise ConfigurationError("a pool needs at least one address")
         reconnect_wait = seconds(reconnect_wait, "reconnect_wait", positive=True)
         max_reconnect_wait = seconds(max_reconnect_wait, "max_reconnect_wait (0 = no doubling)")
         jitter = number(jitter, "jitter", high=1.0, unit="a fraction")
-        if not 0 <= min_connections <= len(addresses):
+        if isinstance(min_connections, bool) or not isinstance(min_connections, int) or not (
+            0 <= min_connections <= len(addresses)
+        ):
             raise ConfigurationError(f"min_connections must be 0..{len(addresses)} (the number of addresses)")
         if not callable(strategy) and strategy not in STRATEGIES:
             raise ConfigurationError(f"strategy must be one of {', '.join(STRATEGIES)} or a callable")
+        options.handler(filter, "filter")
+        options.handler(on_error, "on_error")
         self.factory = factory
         self.addresses = list(addresses)
         self.reconnect_wait = reconnect_wait
@@ -220,6 +228,7 @@ class Pool:
         """
         timeout = optional_seconds(timeout, "timeout")
         self._checkpid()
+        threads.check(self._thread, self)
         if self._closed:
             raise PoolClosed("pool is closed")
         if self._started:
@@ -344,6 +353,7 @@ class Pool:
 
     def _check_usable_pool(self) -> None:
         self._checkpid()
+        threads.check(self._thread, self)
         if self._closed:
             raise PoolClosed("pool is closed")
         if not self._started:
@@ -518,6 +528,7 @@ class Pool:
         timeout = optional_seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
         self._checkpid(dial=False)
+        threads.check(self._thread, self)
         if self._closed:
             if gevent.getcurrent() not in self._group:
                 self._close_done.wait(timeout)

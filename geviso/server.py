@@ -12,7 +12,7 @@ import logging
 import socket as _stdlib_socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import gevent
@@ -20,7 +20,7 @@ import gevent.event
 import gevent.server
 from gevent import socket
 
-from . import masking
+from . import masking, options, threads
 from .codec import Spec, codec_for
 from .connection import Address, Connection, Handler, close_quietly, parse_address
 from .errors import ConfigurationError, ConnectFailed, GevisoError, TooManyConnections
@@ -73,9 +73,13 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         backlog: Optional[int] = None,
         **connection_options: Any,
     ) -> None:
-        if max_connections < 1:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1")
-        super().__init__(parse_address(address), backlog=backlog)
+        options.instance(spec, Mapping, "spec", "a pyiso8583 spec (a dict of fields)")
+        options.optional_instance(tls, ssl.SSLContext, "tls", "an ssl.SSLContext (see geviso.tls) or None")
+        for name, value in (("on_inbound", on_inbound), ("on_error", on_error), ("on_closed", on_closed)):
+            options.handler(value, name)
+        super().__init__(parse_address(address), backlog=options.optional_whole(backlog, "backlog", low=1))
         self.spec = spec
         self.framing = resolve_framing(framing)
         self.tls = tls
@@ -114,6 +118,10 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         self._no_links = gevent.event.Event()  # set whenever _links is empty
         self._no_links.set()
         self._stopping = False
+        self._owner = threads.owner()
+        # Every link's options checked now (building a link does no I/O), not at the
+        # first accept, where a bad one would fail each link in turn.
+        Connection(("127.0.0.1", 0), spec, **self._options)
 
     # -- what users read ----------------------------------------------------------------
     @property
@@ -141,6 +149,7 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
     # -- starting -------------------------------------------------------------------------
     def start(self) -> None:
         """Bind (unless given a socket) and start accepting links."""
+        self._owner = threads.owner()
         self._stopping = False
         super().start()
 
@@ -262,6 +271,7 @@ class Server(gevent.server.StreamServer):  # type: ignore[misc]
         answers, queued replies are written). Links still open at the deadline are failed.
         """
         timeout = 5.0 if timeout is None else seconds(timeout, "timeout")
+        threads.check(self._owner, self)
         deadline = time.monotonic() + timeout
         self._stopping = True
         self.close()  # the listener: no new links

@@ -66,8 +66,10 @@ def build_reversal(
     """The reversal of ``original``: MTI x400 of the original's version (or ``mti``),
     the fields of :data:`REVERSAL_FIELDS` it has, a new STAN and field 7, field 39 the
     reason, and field 90 naming the original (its MTI, STAN, field 7 and field 32/33)."""
+    if not isinstance(original, Mapping):
+        raise ConfigurationError("the original is a message: a dict of field -> str")
     orig_mti = original.get("t", "")
-    if len(orig_mti) != 4 or not orig_mti.isdigit():
+    if not isinstance(orig_mti, str) or len(orig_mti) != 4 or not orig_mti.isdigit():
         raise ConfigurationError("the original has no four-digit MTI (field t)")
     if "11" not in original:
         raise ConfigurationError("the original has no STAN (field 11): nothing names it for the host")
@@ -203,7 +205,8 @@ class Policy:
             raise ConfigurationError("backoff must be >= 1")
         if self.expire_after is not None and self.expire_after <= 0:
             raise ConfigurationError("expire_after must be > 0 seconds (or None)")
-        if self.max_attempts is not None and self.max_attempts < 1:
+        attempts = self.max_attempts
+        if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1):
             raise ConfigurationError("max_attempts must be >= 1 (or None)")
 
     @staticmethod
@@ -211,7 +214,7 @@ class Policy:
         """``accepted_codes`` from any iterable of codes (None: any answer)."""
         if accepted is None:
             return None
-        codes = frozenset(accepted)
+        codes = frozenset(accepted) if isinstance(accepted, Iterable) and not isinstance(accepted, str) else None
         if not codes or not all(isinstance(c, str) and len(c) == 2 for c in codes):
             raise ConfigurationError('accepted_codes are two-character response codes, e.g. {"00"}')
         return codes

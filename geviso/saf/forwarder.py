@@ -23,7 +23,7 @@ import gevent.pool
 import gevent.threadpool
 from iso8583.specs import default as default_spec
 
-from .. import greenlets, masking
+from .. import greenlets, masking, options, threads
 from ..codec import Codec, Spec, codec_for
 from ..errors import (
     ConfigurationError,
@@ -86,6 +86,31 @@ class _Then:
         self.then(error)
 
 
+class _Raised:
+    """An exception raised in the store's thread, carried back to be raised in the hub."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _outcome(func: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return func(*args)
+    except Exception as exc:
+        return _Raised(exc)
+
+
+def _in_thread(pool: gevent.threadpool.ThreadPool, func: Callable[..., Any], *args: Any) -> Any:
+    """``func(*args)`` in the store's thread; what it raises is raised here, not printed
+    by gevent's threadpool (a traceback on stderr for every failed transaction)."""
+    result = pool.apply(_outcome, (func, *args))
+    if isinstance(result, _Raised):
+        raise result.exc
+    return result
+
+
 def _not_written(exc: BaseException) -> bool:
     """True when the request surely never reached the host (no link took it)."""
     if isinstance(exc, ConnectionClosed):
@@ -134,8 +159,17 @@ class StoreAndForward:
         timeout = seconds(timeout, "timeout", positive=True)
         poll_interval = seconds(poll_interval, "poll_interval", positive=True)
         lease = optional_seconds(lease, "lease", positive=True)
-        if window < 1:
-            raise ConfigurationError("window must be >= 1")
+        window = options.whole(window, "window", low=1)
+        if not callable(getattr(target, "send", None)):
+            raise ConfigurationError(f"target must be a geviso.Connection or geviso.Pool; got {type(target).__name__}")
+        if not isinstance(store, (str, os.PathLike, Store)):
+            raise ConfigurationError(
+                f"store must be a SQLite path, a postgresql:// URL or a Store; got {type(store).__name__}"
+            )
+        options.optional_instance(stan, StanGenerator, "stan", "a geviso.StanGenerator or None")
+        options.optional_instance(spec, Mapping, "spec", "a pyiso8583 spec (a dict of fields)")
+        options.handler(on_delivered, "on_delivered")
+        options.handler(on_expired, "on_expired")
         lease = timeout + 30.0 if lease is None else lease
         if lease <= timeout:
             raise ConfigurationError("lease must be longer than timeout (another process takes over after it)")
@@ -162,6 +196,7 @@ class StoreAndForward:
         #: This process's lease owner name: host, pid and a random part.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = SafStats()
+        self._owner_thread = threads.owner()
         self._thread = gevent.threadpool.ThreadPool(1)
         self._queue: list[tuple[Any, gevent.event.AsyncResult]] = []  # (op, its result)
         self._queued = gevent.event.Event()
@@ -177,7 +212,7 @@ class StoreAndForward:
         self._dead_unreported = 0
         try:
             self.store: Store = (
-                store if isinstance(store, Store) else self._thread.apply(open_store, (os.fspath(store),))
+                store if isinstance(store, Store) else _in_thread(self._thread, open_store, os.fspath(store))
             )
         except BaseException:
             self._thread.kill()
@@ -229,7 +264,7 @@ class StoreAndForward:
                     groups.append([(op, done)])
                     ops.append(op)
             try:
-                results = self._thread.apply(self.store.run, (ops,))
+                results = _in_thread(self._thread, self.store.run, ops)
             except Exception as exc:  # the transaction failed: nothing in it happened
                 error = exc if isinstance(exc, GevisoError) else StoreError(f"store: {type(exc).__name__}: {exc}")
                 for _, done in batch:
@@ -254,6 +289,7 @@ class StoreAndForward:
         encode (nothing stored), :class:`StoreError` when the store cannot commit."""
         if self._closed:
             raise StoreError("store and forward is closed")
+        threads.check(self._owner_thread, self)
         msg = check_doc(doc)
         if "11" not in msg:
             msg["11"] = self.stan.next()
@@ -449,6 +485,7 @@ class StoreAndForward:
         timeout = seconds(timeout, "timeout")
         if self._closed:
             return
+        threads.check(self._owner_thread, self)
         self._closed = True
         self._wake.set()
         if self._forwarder is not None:
@@ -469,7 +506,7 @@ class StoreAndForward:
         for _, done in left:  # the store did not answer in time: these never ran
             done.set_exception(StoreError("store and forward is closed"))
         try:
-            self._thread.apply(self.store.close)
+            _in_thread(self._thread, self.store.close)
         finally:
             self._thread.kill()
 
