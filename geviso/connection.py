@@ -18,7 +18,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
-from threading import get_ident
 from typing import Any, Callable, Optional, Union
 
 import gevent
@@ -349,7 +348,6 @@ class Connection:
         #: ``_start`` (a link is used from the thread that opened it, as any gevent object).
         self._hub = get_hub()
         self._run_callback: Callable[..., Any] = self._hub.loop.run_callback
-        self._owner = threads.owner()  # the thread whose hub runs this link (set again by _start)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -377,7 +375,7 @@ class Connection:
         """
         if self._state != NEW:
             raise errors.GevisoError(f"connect() on a {self._state} connection; build a new one")
-        threads.check(self._owner, self)
+        threads.check(self._hub, self)
         host, port = self.address
         self._state = CONNECTING
         raw: Any = None
@@ -439,7 +437,6 @@ class Connection:
         # counts none, libuv's, says -1 always: no direct writes there)
         self._hub = get_hub()
         self._run_callback = self._hub.loop.run_callback
-        self._owner = threads.owner()
         self._state = OPEN
         self._last_read = self._last_write = time.monotonic()
         self._greenlets = [gevent.spawn(self._read_loop), gevent.spawn(self._write_loop)]
@@ -508,8 +505,8 @@ class Connection:
         :class:`DuplicateKey`, :class:`EncodeError`, :class:`NotConnected` or
         :class:`WrongThread` (a link belongs to the thread that opened it).
         """
-        if get_ident() != self._owner:
-            threads.check(self._owner, self)
+        if get_hub() is not self._hub:
+            threads.check(self._hub, self)
         if self.listeners:
             return traced_send(self, self._send, self.listeners, doc, timeout)
         return self._send(doc, timeout)
@@ -760,7 +757,7 @@ class Connection:
         closing, so answers to requests already received still go out.
         """
         self._check_writable()
-        threads.check(self._owner, self)
+        threads.check(self._hub, self)
         tpdu = getattr(to if to is not None else doc, "tpdu", None)
         if tpdu is None and to is None:
             tpdu = self._decoder.last_tpdu
@@ -773,7 +770,7 @@ class Connection:
     def write(self, raw: bytes) -> None:
         """Write raw bytes (already framed) through the single writer, between frames."""
         self._check_writable()
-        threads.check(self._owner, self)
+        threads.check(self._hub, self)
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise errors.LocalProtocolError(f"write() takes bytes (a framed message), not {type(raw).__name__}")
         self._enqueue(bytes(raw), None, time.monotonic() + self.send_timeout)
@@ -1178,7 +1175,7 @@ class Connection:
         state = self._state
         if state == NEW:
             raise NotConnected("close() before connect(): there is no link to close")
-        threads.check(self._owner, self)
+        threads.check(self._hub, self)
         if state == CONNECTING:  # connect() sees this when its dial returns, and gives up
             self._state = CLOSED
             self._closed_event.set()

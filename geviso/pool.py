@@ -214,6 +214,7 @@ class Pool:
         self.totals = Totals()
         self._pid = os.getpid()
         self._thread = threading.get_ident()
+        self._hub = threads.owner()
         _pools.add(self)
 
     # -- connecting -------------------------------------------------------------------
@@ -228,7 +229,7 @@ class Pool:
         """
         timeout = optional_seconds(timeout, "timeout")
         self._checkpid()
-        threads.check(self._thread, self)
+        threads.check(self._hub, self)
         if self._closed:
             raise PoolClosed("pool is closed")
         if self._started:
@@ -353,7 +354,7 @@ class Pool:
 
     def _check_usable_pool(self) -> None:
         self._checkpid()
-        threads.check(self._thread, self)
+        threads.check(self._hub, self)
         if self._closed:
             raise PoolClosed("pool is closed")
         if not self._started:
@@ -528,7 +529,7 @@ class Pool:
         timeout = optional_seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
         self._checkpid(dial=False)
-        threads.check(self._thread, self)
+        threads.check(self._hub, self)
         if self._closed:
             if gevent.getcurrent() not in self._group:
                 self._close_done.wait(timeout)

@@ -160,7 +160,8 @@ class StoreAndForward:
         poll_interval = seconds(poll_interval, "poll_interval", positive=True)
         lease = optional_seconds(lease, "lease", positive=True)
         window = options.whole(window, "window", low=1)
-        if not callable(getattr(target, "send", None)):
+        if not callable(getattr(target, "send", None)) and (target is not None or forward):
+            # None: a process that only stores (forward=False); another one forwards.
             raise ConfigurationError(f"target must be a geviso.Connection or geviso.Pool; got {type(target).__name__}")
         if not isinstance(store, (str, os.PathLike, Store)):
             raise ConfigurationError(
@@ -334,14 +335,14 @@ class StoreAndForward:
             try:
                 claimed, expired = self._submit(claim)
             except StoreError as exc:
-                log.warning("store and forward: cannot claim messages: %s", exc)
+                log.warning("store and forward: cannot claim messages: %s", masking.mask_text(str(exc)))
                 self._wake.wait(self.poll_interval)
                 continue
             for entry in expired:
                 self._expired(entry)
             for entry in claimed:
                 self._in_flight += 1
-                self._attempts.add(greenlets.spawn(self._attempt, entry, lease_until))  # its repr: no message
+                self._attempts.add(greenlets.spawn_guarded(self._attempt, entry, lease_until))  # no message printed
             if not claimed and not expired:
                 self._refresh_now()
                 self._wake.wait(self.poll_interval)
@@ -413,14 +414,18 @@ class StoreAndForward:
         try:
             self._enqueue(op)
         except StoreError as exc:
-            log.warning("store and forward: cannot record the outcome of entry %d: %s", entry.id, exc)
+            text = masking.mask_text(str(exc))
+            log.warning("store and forward: cannot record the outcome of entry %d: %s", entry.id, text)
             return False
         return True
 
     def _expired(self, entry: Entry) -> None:
         self.stats.expired += 1
         log.debug(
-            "store and forward: entry %d (%s) is a dead letter: %s", entry.id, masking.describe(entry.doc), entry.reason
+            "store and forward: entry %d (%s) is a dead letter: %s",
+            entry.id,
+            masking.describe(entry.doc),
+            masking.mask_text(entry.reason),
         )
         now = time.monotonic()
         self._dead_unreported += 1
@@ -497,7 +502,7 @@ class StoreAndForward:
         try:  # committed after the acknowledgements the attempts queued
             self._submit(lambda txn: txn.release(owner))
         except StoreError as exc:
-            log.warning("store and forward: cannot release leases: %s", exc)
+            log.warning("store and forward: cannot release leases: %s", masking.mask_text(str(exc)))
         self._handlers.join(timeout=timeout)  # on_delivered of those acknowledgements too
         self._queued.set()  # the committer runs what is queued, then ends
         self._committer.join(timeout=timeout)

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Callable
 
+from .. import masking
 from ..errors import ConfigurationError, StoreError, StoreRefused
 from .core import PENDING, Entry
 from .store import COLUMNS, SCHEMA_TABLE, SCHEMA_VERSION, TABLE, OpFailed, Store, Txn, entry_of, run_each
@@ -131,7 +132,7 @@ class PostgresStore(Store):
 
 def _text(exc: BaseException) -> str:
     """A driver error's first line (its message, never the statement's parameters)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return masking.mask_text((str(exc).strip().splitlines() or [type(exc).__name__])[0])  # it may quote a value
 
 
 __all__ = ["PostgresStore", "safe_url"]
