@@ -1,5 +1,5 @@
-"""A careless caller: options of the wrong type, objects used from another thread, raw
-writes of the wrong kind. Each gets a one-line geviso error naming the problem when it
+"""A careless caller: Connection, Pool, Server, MockHost and StoreAndForward options of
+the wrong type, objects used from another thread, raw writes of the wrong kind. Each gets a one-line geviso error naming the problem when it
 is made, never an AttributeError or TypeError later, a greenlet error, or a hang."""
 
 from __future__ import annotations
@@ -84,6 +84,13 @@ def test_any_server_option_of_any_type_is_taken_or_refused_by_name(name, value):
         (lambda: geviso.Server(("127.0.0.1", 0), spec, max_connections="10"), "max_connections"),
         (lambda: geviso.Server(("127.0.0.1", 0), spec, sendtimeout=1), "sendtimeout"),
         (lambda: geviso.Server(("127.0.0.1", 0), spec, backlog="x"), "backlog"),
+        (lambda: geviso.MockHost(("127.0.0.1", 0), "default"), "spec must be a pyiso8583 spec"),
+        (lambda: geviso.MockHost(("127.0.0.1", 0), rules=3), "rules must be a RuleSet"),
+        (lambda: geviso.MockHost(("127.0.0.1", 0), network_codes="001"), "network_codes must be a dict"),
+        (lambda: geviso.MockHost(("127.0.0.1", 0), echo_fields=11), "echo_fields must be a list"),
+        (lambda: geviso.MockHost(("127.0.0.1", 0), approval_codes=[0]), "approval_codes must be a list"),
+        (lambda: geviso.MockHost(("127.0.0.1", 0), front="proxy"), "front must be"),
+        (lambda: geviso.MockHost(("127.0.0.1", 0), playback=3), "playback must be a capture's path"),
     ],
 )
 def test_a_wrong_option_is_refused_when_the_object_is_built(build, words):

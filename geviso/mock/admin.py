@@ -209,8 +209,9 @@ class AdminApp:
             status, data = 404, {"error": str(exc)}
         except ConfigurationError as exc:
             status, data = 400, {"error": str(exc)}
-        except Exception as exc:  # one line to the caller, the traceback to the log
-            log.exception("admin %s %s failed", method, mask_text(path)[:80])
+        except Exception as exc:  # one line to the caller and to the log (a traceback's text may quote a message)
+            text = mask_text(str(exc))
+            log.error("admin %s %s failed: %s: %s", method, mask_text(path)[:80], type(exc).__name__, text)
             status, data = 500, {"error": f"internal error: {type(exc).__name__}"}
         body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8")
         return _respond(start_response, status, body, "application/json")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional, Union
 
+from .. import masking
 from ..connection import Connection, close_quietly
 from ..errors import ConfigurationError, NotFound
 from . import rules as rules_mod
@@ -75,7 +76,7 @@ class MockControl:
         for rule in rules:
             if rule.name and rule.name == key:
                 return rule.index
-        raise NotFound(f"no rule named {str(key)!r}")
+        raise NotFound(f"no rule named {masking.escape(repr(str(key)), masking.ESCAPE_LIMIT)}")
 
     def add_rule(self, spec: Mapping[str, Any], at: Optional[int] = None) -> dict[str, Any]:
         """Insert a rule (a dict as in a rules file) at position ``at`` (default: last);

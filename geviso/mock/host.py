@@ -30,7 +30,7 @@ import gevent
 import gevent.pool
 from iso8583.specs import default as default_spec
 
-from .. import greenlets, masking
+from .. import greenlets, masking, options
 from ..codec import Spec, field_problem, is_response, response_mti, transmission_datetime
 from ..connection import Address, Connection, close_quietly
 from ..errors import ConfigurationError, ConnectionClosed, GevisoError
@@ -88,6 +88,8 @@ def _rule_set(source: RulesSource) -> RuleSet:
         return source
     if isinstance(source, (str, os.PathLike)):
         return load_rules(source)
+    if isinstance(source, bytes) or not isinstance(source, Iterable):
+        raise ConfigurationError(f"rules must be a RuleSet, rule dicts or a file path; got {type(source).__name__}")
     return rules_mod.parse(list(source))
 
 
@@ -229,6 +231,16 @@ class MockHost(MockControl, Server):
         read_timeout = optional_seconds(read_timeout, "read_timeout", positive=True)
         if isinstance(max_echo_failures, bool) or not isinstance(max_echo_failures, int) or max_echo_failures < 1:
             raise ConfigurationError("max_echo_failures must be a whole number, at least 1")
+        options.optional_instance(spec, Mapping, "spec", "a pyiso8583 spec (a dict of fields)")
+        if network_codes is not None:
+            options.instance(network_codes, Mapping, "network_codes", "a dict of field 70 value -> field 39 code")
+        echo_fields = options.items(echo_fields, "echo_fields", lambda f: isinstance(f, str), "field names")
+        approval_codes = options.items(approval_codes, "approval_codes", lambda c: isinstance(c, str), "codes")
+        options.optional_instance(front, proxy.Front, "front", "a geviso.mock.proxy.Front or None")
+        if playback is not None and not isinstance(playback, (str, os.PathLike)):
+            from .playback import Playback
+
+            options.instance(playback, Playback, "playback", "a capture's path or a Playback")
         self.rules = rules  # the setter compiles any source
         self._startup_rules = self._rule_set.specs()  # what reset_rules() goes back to
         self.journal: Optional[Journal] = Journal(journal_size) if journal_size else None
@@ -317,10 +329,11 @@ class MockHost(MockControl, Server):
                 entry.ended(CLOSED)
             self._delayed.add(gevent.spawn_later(delay, close_quietly, conn, 1.0))
         elif action == LATE:
-            self._late.add(greenlets.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, True, entry))
+            later = greenlets.spawn_later_guarded
+            self._late.add(later(delay, self._respond, conn, doc, rule.code, rule.fields, True, entry))
         elif delay > 0:
-            answer = greenlets.spawn_later(delay, self._respond, conn, doc, rule.code, rule.fields, False, entry)
-            self._delayed.add(answer)
+            later = greenlets.spawn_later_guarded
+            self._delayed.add(later(delay, self._respond, conn, doc, rule.code, rule.fields, False, entry))
         else:
             self._respond(conn, doc, rule.code, rule.fields, entry=entry)
 

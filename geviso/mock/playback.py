@@ -154,7 +154,7 @@ class PlaybackFront(Front):
             return True
         answer = fresh_answer(exchange.answer, doc, host.echo_fields)
         if self.latency and exchange.latency_ms:
-            self._delayed.add(greenlets.spawn_later(exchange.latency_ms / 1000.0, reply, host, conn, answer))
+            self._delayed.add(greenlets.spawn_later_guarded(exchange.latency_ms / 1000.0, reply, host, conn, answer))
         else:
             reply(host, conn, answer)
         return True

@@ -151,7 +151,7 @@ class RecordingProxy(Front):
 
     def answer(self, conn: Connection, doc: dict[str, str]) -> bool:
         """Forward ``doc`` in a greenlet of its own; always taken."""
-        self._jobs.add(greenlets.spawn(self._forward, conn, doc))  # its repr: no message
+        self._jobs.add(greenlets.spawn_guarded(self._forward, conn, doc))  # its repr: no message
         return True
 
     def _forward(self, conn: Connection, doc: dict[str, str]) -> None:
