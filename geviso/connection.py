@@ -105,6 +105,8 @@ def parse_address(address: Address) -> tuple[str, int]:
         host, port = host.strip("[]") or "127.0.0.1", int(port_text)
     if not 0 <= port <= 65535:
         raise errors.ConfigurationError(f"address {address!r}: the port must be 0..65535")
+    if not host.isprintable():  # it would reach log lines and error texts as it is
+        raise errors.ConfigurationError(f"address '{masking.escape(host, 80)}': the host has control characters")
     return host, port
 
 

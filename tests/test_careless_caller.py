@@ -1,6 +1,7 @@
 """A careless caller: Connection, Pool, Server, MockHost and StoreAndForward options of
-the wrong type, objects used from another thread, raw writes of the wrong kind. Each gets a one-line geviso error naming the problem when it
-is made, never an AttributeError or TypeError later, a greenlet error, or a hang."""
+the wrong type, objects used from another thread, raw writes of the wrong kind. Each
+gets a one-line geviso error naming the problem when it is made, never an
+AttributeError or TypeError later, a greenlet error, or a hang."""
 
 from __future__ import annotations
 
@@ -78,6 +79,7 @@ def test_any_server_option_of_any_type_is_taken_or_refused_by_name(name, value):
         (lambda: geviso.Connection(("127.0.0.1", 1), spec, on_inbound="reply"), "on_inbound must be a callable"),
         (lambda: geviso.Connection(("127.0.0.1", 1), "default"), "spec must be a pyiso8583 spec"),
         (lambda: geviso.Connection(("127.0.0.1", 99999), spec), "the port must be 0..65535"),
+        (lambda: geviso.Connection("evil\nERROR forged:1", spec), r"address 'evil\\nERROR forged': the host has"),
         (lambda: geviso.Pool(lambda a: None, 8583), "addresses must be a list"),
         (lambda: geviso.Pool(lambda a: None, ["127.0.0.1:1"], min_connections="1"), "min_connections"),
         (lambda: geviso.Pool("factory", ["127.0.0.1:1"]), "factory must be a callable"),
