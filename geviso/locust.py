@@ -36,6 +36,7 @@ from .mock.host import APPROVAL_CODES, MockHost, load_rules
 from .mock.journal import DEFAULT_SIZE as JOURNAL_SIZE
 from .mock.rules import RuleSet
 from .mock.rules import parse as parse_rules
+from .options import MAX_SECONDS, number
 from .pool import Pool
 from .rrn import RrnGenerator
 from .specs import by_name as spec_by_name
@@ -739,6 +740,11 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
         return
     if not any(issubclass(cls, ISO8583User) for cls in environment.user_classes):
         return
+    ratio, p99 = option(environment, "iso_max_failure_ratio"), option(environment, "iso_max_p99_ms")
+    if ratio is not None:
+        number(ratio, "--iso-max-failure-ratio", high=1.0, unit="a fraction")
+    if p99 is not None:
+        number(p99, "--iso-max-p99-ms", low_open=True, high=MAX_SECONDS * 1000.0, unit="milliseconds")
     admin_address = option(environment, "iso_mock_admin")
     if environment.host:
         if admin_address:
@@ -756,6 +762,16 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
     if admin_address:
         url = start_mock_admin(environment, admin_address, token=option(environment, "iso_mock_admin_token"))
         print(f"geviso: embedded mock host admin on {url}", file=sys.stderr, flush=True)
+
+
+def _on_init_or_exit(environment: Environment, runner: Any = None, **kwargs: Any) -> None:
+    """:func:`_on_init` for the ``locust`` command: a bad option is one line on stderr and
+    exit status 2 (an exception would be logged with its traceback by Locust)."""
+    try:
+        _on_init(environment, runner, **kwargs)
+    except errors.ConfigurationError as exc:
+        print(f"locust: error: {masking.mask_text(str(exc))}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def mock_admin(environment: Environment) -> Any:
@@ -790,5 +806,5 @@ def _on_quitting(environment: Environment, **_: Any) -> None:
 
 _hooks: Any = events
 _hooks.init_command_line_parser.add_listener(_add_options)
-_hooks.init.add_listener(_on_init)
+_hooks.init.add_listener(_on_init_or_exit)
 _hooks.quitting.add_listener(_on_quitting)

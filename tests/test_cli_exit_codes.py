@@ -80,3 +80,37 @@ def test_argparse_mistakes_exit_2_with_usage_not_a_traceback(capsys):
         assert info.value.code == USAGE
         err = capsys.readouterr().err
         assert "Traceback" not in err and "error:" in err
+
+
+def test_a_bad_locust_option_is_one_line_and_exit_2():
+    """The README's Locust run with a typo'd host: refused before the run, not logged
+    with a traceback and run anyway."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    locust = Path(sys.executable).with_name("locust")
+    root = Path(__file__).resolve().parent.parent
+    args = [str(locust), "-f", "loadtests", "--headless", "-u", "1", "-r", "1", "-t", "1s", "--host", "no-port-here"]
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == USAGE, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "locust: error: address 'no-port-here' is not host:port\n" in done.stderr  # after Locust's banner
+
+
+@pytest.mark.parametrize(("name", "value"), [("iso_max_p99_ms", -5.0), ("iso_max_failure_ratio", 2.0)])
+def test_a_locust_threshold_that_cannot_be_met_is_refused_before_the_run(name, value):
+    from argparse import Namespace
+
+    from locust.env import Environment
+    from locust.event import Events
+
+    import geviso
+    import geviso.locust as gl
+
+    class User(gl.ISO8583User):
+        abstract = False
+
+    env = Environment(user_classes=[User], events=Events(), parsed_options=Namespace(**{name: value}), host="tcp://h:1")
+    with pytest.raises(geviso.ConfigurationError, match="--" + name.replace("_", "-")):
+        gl._on_init(env, env.create_local_runner())
