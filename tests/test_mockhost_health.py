@@ -187,3 +187,23 @@ def test_the_mock_host_command_closes_a_trickling_link_at_its_read_timeout(trick
     finally:
         sock.close()
         proc.kill()
+
+
+def test_a_tls_client_silent_in_its_handshake_is_dropped_at_the_read_timeout(certs):
+    """The read timeout bounds the TLS handshake too (it was a fixed 10 s)."""
+    from geviso import tls
+
+    context = tls.server_context(certfile=certs.server_cert, keyfile=certs.server_key)
+    with geviso.MockHost(("127.0.0.1", 0), tls=context, read_timeout=0.5) as host:
+        assert host.handshake_timeout == 0.5
+        sock = socket.create_connection(host.address)
+        sock.sendall(b"\x16\x03")  # the first bytes of a ClientHello, then nothing
+        sock.settimeout(8)
+        started = time.monotonic()
+        try:
+            assert sock.recv(10) == b""
+        except OSError:
+            pass  # reset: closed as well
+        finally:
+            sock.close()
+        assert time.monotonic() - started < 6  # 0.5 s and generous slack, not 10 s

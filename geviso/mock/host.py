@@ -38,7 +38,7 @@ from ..keepalive import ECHO
 from ..keys import mti_pair
 from ..options import optional_seconds, seconds
 from ..ratelog import SummaryLog
-from ..server import Server
+from ..server import DEFAULT_HANDSHAKE_TIMEOUT, Server
 from ..stan import StanGenerator
 from . import proxy
 from . import rules as rules_mod
@@ -252,6 +252,8 @@ class MockHost(MockControl, Server):
         if read_timeout is not None:
             server_options["read_timeout"] = read_timeout
             server_options.setdefault("on_read_timeout", self._close_silent)
+            # A TLS client silent (or trickling) in its handshake is held no longer either.
+            server_options.setdefault("handshake_timeout", min(DEFAULT_HANDSHAKE_TIMEOUT, read_timeout))
         super().__init__(address, spec, on_inbound=self._answer, **server_options)
         self.response_code = response_code
         self.network_codes = dict(NETWORK_CODES if network_codes is None else network_codes)
