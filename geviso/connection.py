@@ -44,6 +44,7 @@ from .metrics import LinkStats
 from .options import optional_seconds, seconds
 from .ratelog import SummaryLog
 from .stan import MAX_STAN, StanGenerator
+from .threads import ident as thread_ident
 from .tls import wrap as tls_wrap
 from .tracing import RequestListener, traced_send
 
@@ -350,6 +351,7 @@ class Connection:
         #: ``_start`` (a link is used from the thread that opened it, as any gevent object).
         self._hub = get_hub()
         self._run_callback: Callable[..., Any] = self._hub.loop.run_callback
+        self._owner = threads.owner()  # the thread whose hub runs this link (set again by _start)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -377,7 +379,7 @@ class Connection:
         """
         if self._state != NEW:
             raise errors.GevisoError(f"connect() on a {self._state} connection; build a new one")
-        threads.check(self._hub, self)
+        threads.check(self._owner, self)
         host, port = self.address
         self._state = CONNECTING
         raw: Any = None
@@ -439,6 +441,7 @@ class Connection:
         # counts none, libuv's, says -1 always: no direct writes there)
         self._hub = get_hub()
         self._run_callback = self._hub.loop.run_callback
+        self._owner = threads.owner()
         self._state = OPEN
         self._last_read = self._last_write = time.monotonic()
         self._greenlets = [gevent.spawn(self._read_loop), gevent.spawn(self._write_loop)]
@@ -507,8 +510,8 @@ class Connection:
         :class:`DuplicateKey`, :class:`EncodeError`, :class:`NotConnected` or
         :class:`WrongThread` (a link belongs to the thread that opened it).
         """
-        if get_hub() is not self._hub:
-            threads.check(self._hub, self)
+        if thread_ident() != self._owner:
+            threads.check(self._owner, self)
         if self.listeners:
             return traced_send(self, self._send, self.listeners, doc, timeout)
         return self._send(doc, timeout)
@@ -759,7 +762,8 @@ class Connection:
         closing, so answers to requests already received still go out.
         """
         self._check_writable()
-        threads.check(self._hub, self)
+        if thread_ident() != self._owner:  # the check inlined: every answer of a host comes here
+            threads.check(self._owner, self)
         tpdu = getattr(to if to is not None else doc, "tpdu", None)
         if tpdu is None and to is None:
             tpdu = self._decoder.last_tpdu
@@ -772,7 +776,7 @@ class Connection:
     def write(self, raw: bytes) -> None:
         """Write raw bytes (already framed) through the single writer, between frames."""
         self._check_writable()
-        threads.check(self._hub, self)
+        threads.check(self._owner, self)
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise errors.LocalProtocolError(f"write() takes bytes (a framed message), not {type(raw).__name__}")
         self._enqueue(bytes(raw), None, time.monotonic() + self.send_timeout)
@@ -1177,7 +1181,7 @@ class Connection:
         state = self._state
         if state == NEW:
             raise NotConnected("close() before connect(): there is no link to close")
-        threads.check(self._hub, self)
+        threads.check(self._owner, self)
         if state == CONNECTING:  # connect() sees this when its dial returns, and gives up
             self._state = CLOSED
             self._closed_event.set()

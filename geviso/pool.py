@@ -214,7 +214,7 @@ class Pool:
         self.totals = Totals()
         self._pid = os.getpid()
         self._thread = threading.get_ident()
-        self._hub = threads.owner()
+        self._owner = threads.owner()
         _pools.add(self)
 
     # -- connecting -------------------------------------------------------------------
@@ -229,7 +229,7 @@ class Pool:
         """
         timeout = optional_seconds(timeout, "timeout")
         self._checkpid()
-        threads.check(self._hub, self)
+        threads.check(self._owner, self)
         if self._closed:
             raise PoolClosed("pool is closed")
         if self._started:
@@ -354,7 +354,7 @@ class Pool:
 
     def _check_usable_pool(self) -> None:
         self._checkpid()
-        threads.check(self._hub, self)
+        threads.check(self._owner, self)
         if self._closed:
             raise PoolClosed("pool is closed")
         if not self._started:
@@ -529,7 +529,7 @@ class Pool:
         timeout = optional_seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
         self._checkpid(dial=False)
-        threads.check(self._hub, self)
+        threads.check(self._owner, self)
         if self._closed:
             if gevent.getcurrent() not in self._group:
                 self._close_done.wait(timeout)
@@ -576,6 +576,7 @@ class Pool:
         self._abandon()
         self._pid = pid
         self._thread = threading.get_ident()
+        self._owner = threads.owner()
         self._slots = [_Slot(a) for a in self.addresses]
         self._group = gevent.pool.Group()
         self._cursor = 0
