@@ -207,12 +207,14 @@ class CompiledCodec(Codec):
         #: Messages that went through pyiso8583 (not covered, or an error to report).
         self.fallbacks = 0
         self._encode = compiled.encode
+        self._encoders = compiled.encoders
         self._decode = compiled.decode
 
     def encode(self, doc: Mapping[str, str]) -> bytes:
         """Bytes for ``doc``; ``doc`` itself is left as it was."""
         try:
-            return self._encode(doc)
+            special = self._encoders.get(tuple(doc))  # this shape's own encoder, without a call
+            return special(doc) if special is not None else self._encode(doc)
         except Exception:
             pass  # outside the handler, so the fast path's exception is not chained
         self.fallbacks += 1

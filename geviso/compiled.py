@@ -42,15 +42,19 @@ class Compiled:
 
     ``uncovered`` names the spec's fields left to pyiso8583 (a message that uses one
     takes the pyiso8583 path); ``source`` is the generated code, for reading.
+    ``encoders`` maps a document's keys (``tuple(doc)``) to the encoder specialised for
+    them, as ``encode`` looks them up: a caller may look there first and save a call.
     """
 
-    __slots__ = ("encode", "decode", "source", "uncovered")
+    __slots__ = ("encode", "decode", "source", "uncovered", "encoders")
 
-    def __init__(self, encode: Encoder, decode: Decoder, source: str, uncovered: frozenset[str]) -> None:
+    def __init__(self, encode: Encoder, decode: Decoder, source: str, uncovered: frozenset[str],
+                 encoders: Optional[Mapping[tuple[Any, ...], Encoder]] = None) -> None:
         self.encode = encode
         self.decode = decode
         self.source = source
         self.uncovered = uncovered
+        self.encoders: Mapping[tuple[Any, ...], Encoder] = encoders if encoders is not None else {}
 
 
 # -- what the spec says, checked once ------------------------------------------------
@@ -302,7 +306,8 @@ def compile_spec(spec: Spec) -> Optional[Compiled]:
         else:
             fields[number] = field
     generator = _Generator(fields, header, mti_enc, primary, secondary)
-    return Compiled(generator.encode, generator.decode, generator.source, frozenset(uncovered))
+    return Compiled(generator.encode, generator.decode, generator.source, frozenset(uncovered),
+                    generator.namespace["ENCODE_BY_KEYS"])
 
 
 #: Specialised functions kept per spec, for encode (by key order) and decode (by MTI

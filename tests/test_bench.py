@@ -200,3 +200,17 @@ def test_gc_freeze_holds_for_the_run_and_puts_the_gc_settings_back(capsys, monke
     run_json(capsys, "--workload", "codec", "--messages", "100", "--gc-freeze")
     assert seen == [(50_000, True)]
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_codec_instructions_script_runs_each_operation_it_counts():
+    """benchmarks/codec_instructions.py's counted part (valgrind itself is not run here)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "codec_instructions.py"
+    loader = importlib.util.spec_from_file_location("codec_instructions", path)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    for operation in module.OPERATIONS:
+        for reference in (False, True):
+            module.run_calls(operation, "default", reference, 5)

@@ -191,10 +191,11 @@ def test_later_messages_of_a_shape_take_its_specialised_functions_and_agree(case
         raw = reference.encode(first)
     except errors.EncodeError:
         assume(False)
+    decoded = outcome(reference.decode, raw)  # pyiso8583 may refuse its own bytes (pads)
     for _ in range(2):  # generic, then the specialised functions have been made
         assert fast.encode(first) == raw
-        assert fast.decode(raw) == reference.decode(raw)
-    refused = 0  # an error comes from pyiso8583: each one is a fallback
+        assert outcome(fast.decode, raw) == decoded
+    refused = 2 if decoded[0] == "error" else 0  # an error comes from pyiso8583: each one is a fallback
     for doc in data.draw(st.lists(same_shape(spec, first), min_size=1, max_size=4)):
         expected = outcome(reference.encode, doc)
         assert outcome(fast.encode, doc) == expected
