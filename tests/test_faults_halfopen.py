@@ -114,6 +114,9 @@ def test_pool_replaces_stalled_links_within_bound() -> None:
         try:
             before = list(pool.connections)
             assert len(before) == 2 and pool.send({"t": "0200"})["39"] == "00"
+            # A link is the proxy's once it has dialled the host too, a moment after the
+            # pool's side of it connected.
+            assert proxy.wait_links(2)
             assert proxy.stall() == 2
             stalled_at = time.monotonic()
             # Sends during the stall fail within their timeout, never hang.
