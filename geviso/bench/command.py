@@ -153,21 +153,17 @@ def run(args: argparse.Namespace, spec: Spec, report: Callable[[Result], None]) 
                     keep(_repeat(args.repeat, functools.partial(run_burst, rounds=rounds), address, spec,
                                  args.framing, size))
                     keep(_repeat(args.repeat, functools.partial(run_spawn, rounds=rounds), size))
-        elif workload == "closed-loop":
+        elif workload in ("closed-loop", "links", "replay"):  # against a mock host process
             count = args.messages or 20_000
             with _maybe(external, lambda: mock_host_process(args.spec, args.framing)) as (address, pid):
-                for level in levels:
-                    keep(_repeat(args.repeat, run_closed_loop, address, spec, args.framing, level, count, pid))
-        elif workload == "links":
-            count = args.messages or 20_000
-            with _maybe(external, lambda: mock_host_process(args.spec, args.framing)) as (address, pid):
-                for links in _levels(args.links, "--links"):
-                    keep(_repeat(args.repeat, run_links, address, spec, args.framing, links, args.senders, count, pid))
-        elif workload == "replay":
-            count = args.messages or 20_000
-            with _maybe(external, lambda: mock_host_process(args.spec, args.framing)) as (address, pid):
-                for level in levels:
-                    keep(_repeat(args.repeat, run_replay, address, spec, args.framing, level, count, pid))
+                if workload == "links":
+                    for links in _levels(args.links, "--links"):
+                        keep(_repeat(args.repeat, run_links, address, spec, args.framing, links, args.senders,
+                                     count, pid))
+                else:
+                    run = run_closed_loop if workload == "closed-loop" else run_replay
+                    for level in levels:
+                        keep(_repeat(args.repeat, run, address, spec, args.framing, level, count, pid))
         elif workload == "codec":
             count = args.messages or 20_000
             for result in run_codec(spec, count):

@@ -275,14 +275,13 @@ class Store(abc.ABC):
 def open_store(location: str, **options: Any) -> Store:
     """The store at ``location``: a ``postgresql://`` (or ``postgres://``) URL, else a
     SQLite file path (``sqlite:///path`` also accepted)."""
-    if location.startswith(("postgresql://", "postgres://")):
+    path = sqlite_path(location)
+    if path is None:
         from .postgres import PostgresStore
 
         return PostgresStore(location, **options)
     from .sqlite import SqliteStore
 
-    path = sqlite_path(location)
-    assert path is not None
     return SqliteStore(path, **options)
 
 
