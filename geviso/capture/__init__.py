@@ -11,38 +11,7 @@ mock host's: :mod:`geviso.mock.proxy` and :mod:`geviso.mock.playback`.
 
 from __future__ import annotations
 
-from .format import (
-    BITMAPS,
-    FORMAT,
-    VERSION,
-    CaptureReader,
-    CaptureWriter,
-    Exchange,
-    Header,
-    check_writable,
-    encoded_hex,
-    fields_of,
-    mask_message,
-    parse_exchange,
-    parse_header,
-    read,
-    validate,
-)
+from . import format as _format
+from .format import *  # noqa: F403 - this package's names are the format's
 
-__all__ = [
-    "BITMAPS",
-    "FORMAT",
-    "VERSION",
-    "CaptureReader",
-    "CaptureWriter",
-    "Exchange",
-    "Header",
-    "check_writable",
-    "encoded_hex",
-    "fields_of",
-    "mask_message",
-    "parse_exchange",
-    "parse_header",
-    "read",
-    "validate",
-]
+__all__ = list(_format.__all__)
